@@ -1,0 +1,1 @@
+"""Exportable model modules, the cross-attention custom op and the ONNX exporter."""

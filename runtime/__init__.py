@@ -1,0 +1,1 @@
+"""Engine execution and cache management."""
