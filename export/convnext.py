@@ -1,0 +1,139 @@
+"""ConvNeXt vision tower (upstream: timm ``convnext_xxlarge`` at 576 px, last stage output).
+
+| input  | shape                 | dtype | meaning                               |
+|--------|-----------------------|-------|---------------------------------------|
+| pixels | (N, 3, S, S)          | T     | CLIP-normalised frames, S = 576       |
+| -> out | (N, (S/32)^2, C_last) | T     | last-stage feature map, row-major     |
+
+The architecture (stage depths, widths, kernel size, MLP ratio, stem patch) is read from the
+checkpoint's tensor shapes by :func:`ConvNeXtSpec.from_shapes`, so the real XXLarge tower
+(depths 3/4/30/3, dims 384/768/1536/3072) and tiny test towers load through the same code.
+Upstream ignores ``mm_vision_select_layer`` and takes the last stage; the classifier head
+weights in the checkpoint are unused.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+
+# timm convnext_xxlarge passes norm_eps=1e-5 to every LayerNorm.
+CONVNEXT_NORM_EPS = 1e-5
+_BLOCK = re.compile(r"^stages\.(\d+)\.blocks\.(\d+)\.conv_dw\.weight$")
+
+
+@dataclass(frozen=True)
+class ConvNeXtSpec:
+    depths: tuple[int, ...]
+    dims: tuple[int, ...]
+    kernel_size: int
+    mlp_ratio: int
+    patch_size: int
+    layer_scale: bool
+
+    @property
+    def stride(self) -> int:
+        return self.patch_size * 2 ** (len(self.dims) - 1)
+
+    @classmethod
+    def from_shapes(cls, shapes: Mapping[str, Sequence[int]], source: str = "checkpoint") -> "ConvNeXtSpec":
+        """Derive the tower from upstream-relative names (``stem.0.weight``, ``stages.S.blocks.B...``)."""
+        if "stem.0.weight" not in shapes:
+            raise ValueError(f"{source}: vision tower tensor 'stem.0.weight' not found")
+        depth_of: dict[int, int] = {}
+        for name in shapes:
+            match = _BLOCK.match(name)
+            if match:
+                stage, block = int(match.group(1)), int(match.group(2))
+                depth_of[stage] = max(depth_of.get(stage, 0), block + 1)
+        if not depth_of or sorted(depth_of) != list(range(len(depth_of))):
+            raise ValueError(f"{source}: vision tower stages are missing or not numbered 0..N-1: {sorted(depth_of)}")
+        stages = len(depth_of)
+        dims = tuple(int(shapes[f"stages.{s}.blocks.0.conv_dw.weight"][0]) for s in range(stages))
+        stem = shapes["stem.0.weight"]
+        fc1 = shapes["stages.0.blocks.0.mlp.fc1.weight"]
+        return cls(
+            depths=tuple(depth_of[s] for s in range(stages)),
+            dims=dims,
+            kernel_size=int(shapes["stages.0.blocks.0.conv_dw.weight"][-1]),
+            mlp_ratio=int(fc1[0]) // dims[0],
+            patch_size=int(stem[-1]),
+            layer_scale="stages.0.blocks.0.weight" in shapes,
+        )
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over channels of an NCHW tensor."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(nn.functional.gelu(self.fc1(x)))
+
+
+class ConvNeXtBlock(nn.Module):
+    def __init__(self, dim: int, spec: ConvNeXtSpec):
+        super().__init__()
+        k = spec.kernel_size
+        self.conv_dw = nn.Conv2d(dim, dim, k, padding=k // 2, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=CONVNEXT_NORM_EPS)
+        self.mlp = Mlp(dim, spec.mlp_ratio * dim)
+        self.layer_scale = nn.Parameter(torch.ones(dim)) if spec.layer_scale else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.mlp(self.norm(self.conv_dw(x).permute(0, 2, 3, 1)))
+        if self.layer_scale is not None:
+            y = y * self.layer_scale
+        return x + y.permute(0, 3, 1, 2)
+
+
+class ConvNeXtStage(nn.Module):
+    def __init__(self, in_dim: int, dim: int, depth: int, spec: ConvNeXtSpec, downsample: bool):
+        super().__init__()
+        self.downsample_norm = LayerNorm2d(in_dim, eps=CONVNEXT_NORM_EPS) if downsample else None
+        self.downsample_conv = nn.Conv2d(in_dim, dim, 2, stride=2) if downsample else None
+        self.blocks = nn.ModuleList(ConvNeXtBlock(dim, spec) for _ in range(depth))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.downsample_conv is not None:
+            x = self.downsample_conv(self.downsample_norm(x))
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+class ConvNeXtTower(nn.Module):
+    """Stem + stages; returns the last stage as (N, H*W, C) tokens."""
+
+    def __init__(self, spec: ConvNeXtSpec):
+        super().__init__()
+        self.spec = spec
+        self.stem_conv = nn.Conv2d(3, spec.dims[0], spec.patch_size, stride=spec.patch_size)
+        self.stem_norm = LayerNorm2d(spec.dims[0], eps=CONVNEXT_NORM_EPS)
+        stages, in_dim = [], spec.dims[0]
+        for s, (dim, depth) in enumerate(zip(spec.dims, spec.depths)):
+            stages.append(ConvNeXtStage(in_dim, dim, depth, spec, downsample=s > 0))
+            in_dim = dim
+        self.stages = nn.ModuleList(stages)
+
+    @property
+    def out_dim(self) -> int:
+        return self.spec.dims[-1]
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = self.stem_norm(self.stem_conv(pixels))
+        for stage in self.stages:
+            x = stage(x)
+        return x.flatten(2).transpose(1, 2)

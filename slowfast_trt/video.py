@@ -1,0 +1,294 @@
+"""Video and image input: decode a file with PyAV and pick the frames the model sees.
+
+Upstream (``gradio_demo.py`` ``load_video``) reads videos with decord::
+
+    vr = VideoReader(path)
+    idx = np.linspace(0, len(vr) - 1, T, dtype=int)
+    frames = vr.get_batch(idx).asnumpy()          # (T, H, W, 3) uint8 RGB
+
+``load_video(path, T)`` returns the same frames with PyAV. What "frame ``i``" means follows
+decord: the video stream's packets are counted by demuxing (not from the container's frame
+count, which can be missing or wrong) and ordered by presentation time, and a display
+rotation stored in the file (phone videos) is applied to the pixels. Because the decoder
+has the last word, the frames are then decoded once in presentation order, only the wanted
+ones are converted to RGB and kept, and the decoded timestamps are checked against the
+demuxed ones; if they disagree (packets that decode to no frame, say) the selection is
+redone from the decoder's own list of frames, so a wrong count never goes unnoticed.
+
+Timestamps are seconds from the presentation time of the first frame, so the first frame
+is at 0.0 even in streams whose timestamps start elsewhere (MPEG-TS, edited MP4).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+
+import av
+import numpy as np
+from PIL import Image
+
+__all__ = ["VideoError", "VideoFrames", "load_image", "load_video"]
+
+# Frame times come from exact integer PTS, but user times (start_s, 1 / fps) are floats:
+# a frame within a microsecond of a boundary counts as being on it.
+_EPS = 1e-6
+_SAMPLINGS = ("uniform", "fps")
+
+
+class VideoError(ValueError):
+    """A video or image file that cannot give the requested frames; the message names the file."""
+
+
+@dataclass(frozen=True)
+class VideoFrames:
+    """Frames sampled from one video (or one image), ready for ``preprocess``.
+
+    Attributes:
+        frames: uint8 RGB, shape (T, H, W, 3), display orientation.
+        indices: int64 (T,), index of each frame among the video's frames in presentation
+            order; repeated when the video has fewer frames than requested.
+        timestamps_s: float64 (T,), presentation time of each frame in seconds from the
+            first frame.
+        total_frames: number of frames in the whole video (1 for an image).
+        avg_fps: the stream's average frame rate (0.0 for an image or when unknown).
+        source: the path the frames were read from.
+    """
+
+    frames: np.ndarray
+    indices: np.ndarray
+    timestamps_s: np.ndarray
+    total_frames: int
+    avg_fps: float
+    source: str
+
+
+@dataclass(frozen=True)
+class _Stream:
+    """What the demux pass learns about the video stream."""
+
+    pts: list  # presentation timestamps in stream time_base, one per frame, sorted if known
+    time_base: Fraction | None
+    avg_fps: float
+
+
+def load_video(
+    path: str | os.PathLike,
+    num_frames: int,
+    *,
+    sampling: str = "uniform",
+    fps: float | None = None,
+    start_s: float | None = None,
+    end_s: float | None = None,
+) -> VideoFrames:
+    """Decode ``num_frames`` RGB frames from the video at ``path``.
+
+    The time range ``[start_s, end_s)`` (seconds from the first frame; defaults: the first
+    frame and the end of the last frame) selects the candidate frames, those whose
+    presentation time lies in it. Then:
+
+    * ``sampling="uniform"`` (upstream's rule): with ``m`` candidates, candidate number
+      ``np.linspace(0, m - 1, num_frames, dtype=int)``. Without a range this is exactly
+      upstream's ``np.linspace(0, len(vr) - 1, T, dtype=int)``; when ``m < num_frames``
+      frames repeat.
+    * ``sampling="fps"``: one frame every ``1 / fps`` seconds: for each target time
+      ``start + k / fps`` inside the range, the candidate on screen at that time (the last
+      one starting at or before it; the first candidate when the range starts between
+      frames). Those ``p`` picks are then reduced or padded to exactly ``num_frames`` by
+      the same rule, pick number ``np.linspace(0, p - 1, num_frames, dtype=int)``:
+      evenly thinned when ``p > num_frames``, frames repeated when ``p < num_frames``.
+
+    Raises ``VideoError`` (a ``ValueError``) naming the file for a missing, unreadable or
+    corrupt file, no video stream, no decodable frame, a bad argument, a time range that
+    is empty or outside the video, or a pixel format FFmpeg cannot convert to RGB.
+    """
+    path = _existing_file(path)
+    _check_request(path, num_frames, sampling, fps, start_s, end_s)
+    stream = _demux(path)
+    if not stream.pts:
+        raise VideoError(f"{path}: the video stream has no frames")
+    for _ in range(2):
+        times = _seconds(path, stream)
+        chosen, stop = _select(path, times, stream.avg_fps, num_frames, sampling, fps, start_s, end_s)
+        decoded, decoded_pts = _decode(path, frozenset(chosen.tolist()), stop)
+        reached = len(decoded_pts) == (len(stream.pts) if stop is None else stop + 1)
+        if reached and decoded_pts == stream.pts[: len(decoded_pts)]:
+            break
+        # The demuxer's packets are not the decoder's frames (packets that decode to
+        # nothing, or timestamps rewritten by the decoder): redo the selection on the
+        # decoder's own frame list.
+        full_pts = decoded_pts if stop is None else _decode(path, frozenset(), None)[1]
+        if not full_pts:
+            raise VideoError(f"{path}: none of the {len(stream.pts)} video packets decodes to a frame")
+        stream = _Stream(pts=full_pts, time_base=stream.time_base, avg_fps=stream.avg_fps)
+    else:
+        raise VideoError(f"{path}: the decoder returned different frames on two passes over the file")
+    return VideoFrames(
+        frames=_stack(path, [decoded[i] for i in chosen]),
+        indices=chosen.astype(np.int64),
+        timestamps_s=times[chosen],
+        total_frames=len(stream.pts),
+        avg_fps=stream.avg_fps,
+        source=path,
+    )
+
+
+def load_image(path: str | os.PathLike) -> VideoFrames:
+    """Read one image as a one-frame ``VideoFrames`` (PIL, converted to RGB).
+
+    Like upstream (``Image.open(path).convert("RGB")``) the EXIF orientation is not applied.
+    """
+    path = _existing_file(path)
+    try:
+        with Image.open(path) as image:
+            rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise VideoError(f"{path}: unreadable or corrupt image file ({exc})") from exc
+    return VideoFrames(
+        frames=rgb[None].copy(),
+        indices=np.zeros(1, dtype=np.int64),
+        timestamps_s=np.zeros(1, dtype=np.float64),
+        total_frames=1,
+        avg_fps=0.0,
+        source=path,
+    )
+
+
+def _existing_file(path: str | os.PathLike) -> str:
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise VideoError(f"{path}: no such file")
+    return path
+
+
+def _check_request(path, num_frames, sampling, fps, start_s, end_s) -> None:
+    if isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer)) or num_frames < 1:
+        raise VideoError(f"{path}: num_frames must be an integer >= 1, got {num_frames!r}")
+    if sampling not in _SAMPLINGS:
+        raise VideoError(f"{path}: sampling must be one of {_SAMPLINGS}, got {sampling!r}")
+    if sampling == "fps" and (fps is None or not math.isfinite(fps) or fps <= 0):
+        raise VideoError(f"{path}: sampling='fps' needs fps > 0, got fps={fps!r}")
+    if sampling == "uniform" and fps is not None:
+        raise VideoError(f"{path}: fps={fps!r} is only used with sampling='fps', got sampling='uniform'")
+    for name, value in (("start_s", start_s), ("end_s", end_s)):
+        if value is not None and (not math.isfinite(value) or value < 0):
+            raise VideoError(f"{path}: {name} must be a finite number >= 0, got {value!r}")
+    if start_s is not None and end_s is not None and end_s <= start_s:
+        raise VideoError(f"{path}: empty time range, end_s={end_s} must be > start_s={start_s}")
+
+
+def _open(path: str) -> av.container.InputContainer:
+    try:
+        return av.open(path, mode="r")
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError) as exc:
+        raise VideoError(f"{path}: unreadable or corrupt video file ({exc})") from exc
+
+
+def _video_stream(path: str, container: av.container.InputContainer) -> av.video.stream.VideoStream:
+    if not container.streams.video:
+        kinds = ", ".join(s.type for s in container.streams) or "none"
+        raise VideoError(f"{path}: no video stream (streams: {kinds})")
+    # decord picks the stream with av_find_best_stream; PyAV's best() calls the same.
+    return container.streams.best("video")
+
+
+def _demux(path: str) -> _Stream:
+    """Read every packet of the video stream (no decoding) to count frames and get their PTS."""
+    with _open(path) as container:
+        stream = _video_stream(path, container)
+        try:
+            # PyAV ends the demux with an empty flush packet, which is no frame.
+            pts = [packet.pts for packet in container.demux(stream) if packet.size > 0]
+        except av.error.FFmpegError as exc:
+            raise VideoError(f"{path}: corrupt video container ({exc})") from exc
+        avg_fps = float(stream.average_rate) if stream.average_rate else 0.0
+        time_base = stream.time_base
+    if all(p is not None for p in pts):
+        pts.sort()  # decode order -> presentation order, as decord sorts its frame index
+    return _Stream(pts=pts, time_base=time_base, avg_fps=avg_fps)
+
+
+def _seconds(path: str, stream: _Stream) -> np.ndarray:
+    """Presentation time of every frame, in seconds from the first frame."""
+    pts = stream.pts
+    if stream.time_base and all(p is not None for p in pts):
+        return np.array([float((p - pts[0]) * stream.time_base) for p in pts], dtype=np.float64)
+    if stream.avg_fps > 0:
+        # Streams without timestamps (some raw elementary streams): assume a constant rate.
+        return np.arange(len(pts), dtype=np.float64) / stream.avg_fps
+    raise VideoError(f"{path}: the frames have no timestamps and the stream has no frame rate")
+
+
+def _select(path, times, avg_fps, num_frames, sampling, fps, start_s, end_s) -> tuple[np.ndarray, int | None]:
+    """Return the chosen frame indices and the last frame the decoder must reach (None: all)."""
+    timed = sampling == "fps" or start_s is not None or end_s is not None
+    if timed and np.any(np.diff(times) < 0):
+        raise VideoError(f"{path}: frame timestamps are not increasing, so time-based sampling is undefined")
+    # A frame lasts until the next one starts; the last one lasts one average frame period.
+    duration = float(times[-1]) + (1.0 / avg_fps if avg_fps > 0 else 0.0)
+    start = 0.0 if start_s is None else float(start_s)
+    end = duration if end_s is None else float(end_s)
+    if start >= duration or end > duration + _EPS:
+        raise VideoError(
+            f"{path}: time range [{start}, {end}) s is outside the video, which lasts {duration:.6g} s"
+        )
+    in_range = np.flatnonzero((times >= start - _EPS) & (times < end - _EPS))
+    if in_range.size == 0:
+        raise VideoError(f"{path}: time range [{start}, {end}) s contains no frame")
+    lo, hi = int(in_range[0]), int(in_range[-1])
+    if sampling == "uniform":
+        picks = np.arange(lo, hi + 1)
+    else:
+        count = max(1, math.ceil((end - start) * fps - _EPS))
+        targets = start + np.arange(count, dtype=np.float64) / fps
+        picks = np.clip(np.searchsorted(times, targets + _EPS, side="right") - 1, lo, hi)
+    chosen = picks[np.linspace(0, len(picks) - 1, num_frames, dtype=int)]
+    # Decode one frame past the range so that its timestamp is checked too.
+    stop = hi + 1 if hi + 1 < len(times) else None
+    return chosen, stop
+
+
+def _decode(path: str, wanted: frozenset, stop: int | None) -> tuple[dict[int, np.ndarray], list]:
+    """Decode frames in presentation order up to index ``stop`` (None: all).
+
+    Returns RGB arrays for the ``wanted`` indices only, so memory stays at
+    ``len(wanted)`` frames, and the PTS of every decoded frame.
+    """
+    rgb, pts = {}, []
+    with _open(path) as container:
+        stream = _video_stream(path, container)
+        stream.thread_type = "AUTO"  # frame and slice threads; output order is unchanged
+        try:
+            for frame in container.decode(stream):
+                index = len(pts)
+                pts.append(frame.pts)
+                if index in wanted:
+                    rgb[index] = _to_rgb(path, frame)
+                if stop is not None and index >= stop:
+                    break
+        except av.error.FFmpegError as exc:
+            raise VideoError(f"{path}: corrupt video data after {len(pts)} decoded frames ({exc})") from exc
+    return rgb, pts
+
+
+def _to_rgb(path: str, frame: av.VideoFrame) -> np.ndarray:
+    try:
+        image = frame.to_ndarray(format="rgb24")
+    except (av.error.FFmpegError, OSError, ValueError) as exc:
+        raise VideoError(
+            f"{path}: unsupported pixel format {frame.format.name!r}, FFmpeg cannot convert it to RGB ({exc})"
+        ) from exc
+    rotation = frame.rotation  # counter-clockwise degrees from the display matrix
+    if rotation % 90:
+        raise VideoError(f"{path}: display rotation {rotation} degrees is not a multiple of 90")
+    # decord turns the picture upright (transpose filters); np.rot90 turns counter-clockwise.
+    return np.ascontiguousarray(np.rot90(image, k=(rotation // 90) % 4)) if rotation else image
+
+
+def _stack(path: str, frames: list[np.ndarray]) -> np.ndarray:
+    shapes = sorted({f.shape for f in frames})
+    if len(shapes) > 1:
+        raise VideoError(f"{path}: the frame size changes within the video ({shapes[0]} and {shapes[-1]})")
+    return np.stack(frames)
