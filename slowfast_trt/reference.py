@@ -21,6 +21,7 @@ from .model import SlowFastModel, SlowKV, VisualTokens
 from .preprocess import preprocess_frames
 from .prompt import Conversation, PromptTokens, stop_token_ids, tokenize_prompt
 from .sampling import SamplingParams, TokenSampler
+from .tokenizer import load_tokenizer
 from .sequence import (
     SequenceLayout,
     attend_to_rows,
@@ -63,15 +64,6 @@ class EncodedVideo:
     visual: VisualTokens
     slow_kv: SlowKV
     timings_ms: dict[str, float]
-
-
-def load_tokenizer(directory: str | Path):
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(str(directory))
-    except Exception as exc:
-        raise ValueError(f"{directory}: cannot load the tokenizer ({type(exc).__name__}: {exc})") from None
 
 
 def _ms(start: float) -> float:

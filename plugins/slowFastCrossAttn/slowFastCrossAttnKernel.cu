@@ -1,0 +1,443 @@
+/*
+ * Launcher of the slow-token cross-attention: validation, split planning, dispatch, split combine.
+ * The attention kernels live in slowFastCrossAttnSimt.cu and slowFastCrossAttnMma.cu.
+ */
+#include "slowFastCrossAttnCommon.cuh"
+
+#include <algorithm>
+#include <cmath>
+#include <sstream>
+
+namespace slowfast
+{
+namespace kernels
+{
+
+namespace
+{
+
+using detail::ceilDiv;
+using detail::KernelArgs;
+
+constexpr int32_t kMIN_KEYS_PER_SPLIT = 128;
+constexpr int32_t kBLOCKS_PER_SM_TARGET = 2;
+
+size_t elementSize(CrossAttnDataType t)
+{
+    return t == CrossAttnDataType::kFLOAT ? 4 : 2;
+}
+
+bool isAligned(void const* p, size_t bytes)
+{
+    return reinterpret_cast<uintptr_t>(p) % bytes == 0;
+}
+
+//! Split partials of numSplits chunks: O [S, rows, H, D] then lse [S, rows, H], both float32.
+size_t partialBytes(CrossAttnShape const& s, int32_t numSplits)
+{
+    if (numSplits <= 1)
+    {
+        return 0;
+    }
+    size_t const vectors = static_cast<size_t>(numSplits) * s.rows * s.numHeads;
+    return vectors * (s.headDim + 1) * sizeof(float);
+}
+
+//! Automatic split count for one kernel variant: enough (tile, kv head, split) blocks for
+//! kBLOCKS_PER_SM_TARGET blocks per SM, at least kMIN_KEYS_PER_SPLIT keys per split.
+int32_t autoSplits(CrossAttnShape const& s, int32_t numSms, int32_t blockRows)
+{
+    int32_t const groupSize = s.numHeads / s.numKvHeads;
+    int64_t const tiles = std::max<int64_t>(1, (static_cast<int64_t>(s.rows) * groupSize + blockRows - 1) / blockRows);
+    int64_t const baseBlocks = tiles * s.numKvHeads;
+    int64_t const target = static_cast<int64_t>(kBLOCKS_PER_SM_TARGET) * std::min(numSms, kMAX_POLICY_SMS);
+    int64_t splits = (target + baseBlocks - 1) / baseBlocks;
+    splits = std::min<int64_t>(splits, ceilDiv(std::max(s.slowTokens, 1), kMIN_KEYS_PER_SPLIT));
+    return static_cast<int32_t>(std::max<int64_t>(1, std::min<int64_t>(splits, kMAX_SPLITS)));
+}
+
+//! Drops splits that would own no key of a full-length sequence (chunks are whole key tiles).
+int32_t trimSplits(int32_t splits, int32_t slowTokens, int32_t blockKeys)
+{
+    if (splits <= 1 || slowTokens <= 0)
+    {
+        return 1;
+    }
+    int32_t const chunk = ceilDiv(ceilDiv(slowTokens, splits), blockKeys) * blockKeys;
+    return ceilDiv(slowTokens, chunk);
+}
+
+CrossAttnBackend resolveBackend(CrossAttnParams const& p)
+{
+    if (p.backend != CrossAttnBackend::kAUTO)
+    {
+        return p.backend;
+    }
+    return p.dataType == CrossAttnDataType::kFLOAT ? CrossAttnBackend::kSIMT : CrossAttnBackend::kMMA;
+}
+
+int32_t mmaBlockRows(CrossAttnShape const& s)
+{
+    int32_t const groupSize = s.numHeads / s.numKvHeads;
+    int32_t const rowsPerSequence = ceilDiv(std::max(s.rows, 1), std::max(s.batch, 1));
+    return rowsPerSequence * groupSize <= detail::kMMA_DECODE_BLOCK_ROWS ? detail::kMMA_DECODE_BLOCK_ROWS
+                                                                         : detail::kMMA_PREFILL_BLOCK_ROWS;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(detail::kTHREADS) combineKernel(KernelArgs const a, int32_t headDim)
+{
+    extern __shared__ float sWeight[]; // [S][H], normalised
+    int32_t const row = blockIdx.x;
+    int32_t const numHeads = a.numHeads;
+    int64_t const perSplit = static_cast<int64_t>(a.rows) * numHeads;
+    for (int32_t h = threadIdx.x; h < numHeads; h += blockDim.x)
+    {
+        float mMax = -INFINITY;
+        for (int32_t s = 0; s < a.numSplits; ++s)
+        {
+            mMax = fmaxf(mMax, a.partialLse[s * perSplit + static_cast<int64_t>(row) * numHeads + h]);
+        }
+        float sum = 0.F;
+        for (int32_t s = 0; s < a.numSplits; ++s)
+        {
+            float const lse = a.partialLse[s * perSplit + static_cast<int64_t>(row) * numHeads + h];
+            float const w = lse == -INFINITY ? 0.F : exp2f(lse - mMax);
+            sWeight[s * numHeads + h] = w;
+            sum += w;
+        }
+        float const inv = sum > 0.F ? 1.F / sum : 0.F;
+        for (int32_t s = 0; s < a.numSplits; ++s)
+        {
+            sWeight[s * numHeads + h] *= inv;
+        }
+    }
+    __syncthreads();
+    int32_t const width = numHeads * headDim;
+    int64_t const rowBase = static_cast<int64_t>(row) * width;
+    for (int32_t e = threadIdx.x; e < width; e += blockDim.x)
+    {
+        int32_t const h = e / headDim;
+        float acc = 0.F;
+        for (int32_t s = 0; s < a.numSplits; ++s)
+        {
+            float const w = sWeight[s * numHeads + h];
+            if (w != 0.F) // empty chunks carry ctx 0 and lse -inf
+            {
+                acc += w * a.partialOut[s * perSplit * headDim + rowBase + e];
+            }
+        }
+        detail::storeOutput<T>(a, rowBase + e, row, acc);
+    }
+}
+
+std::string checkShape(CrossAttnShape const& s)
+{
+    std::ostringstream err;
+    if (s.rows < 0)
+    {
+        err << "rows must be >= 0, got " << s.rows;
+    }
+    else if (s.batch < 1)
+    {
+        err << "batch (slow_lengths size) must be >= 1, got " << s.batch;
+    }
+    else if (s.numHeads < 1 || s.numKvHeads < 1)
+    {
+        err << "num_heads and num_kv_heads must be >= 1, got " << s.numHeads << " and " << s.numKvHeads;
+    }
+    else if (s.numHeads % s.numKvHeads != 0)
+    {
+        err << "num_heads (" << s.numHeads << ") must be a multiple of num_kv_heads (" << s.numKvHeads << ")";
+    }
+    else if (s.headDim != 64 && s.headDim != 128)
+    {
+        err << "head_dim must be 64 or 128 (the compiled head dims), got " << s.headDim;
+    }
+    else if (s.slowTokens < 0)
+    {
+        err << "slow_tokens must be >= 0, got " << s.slowTokens;
+    }
+    else if (static_cast<int64_t>(s.rows) * s.numHeads > (int64_t{1} << 31) / s.headDim)
+    {
+        err << "rows * num_heads * head_dim must stay below 2^31, got rows = " << s.rows;
+    }
+    return err.str();
+}
+
+std::string checkPointers(CrossAttnParams const& p)
+{
+    std::ostringstream err;
+    bool const needKv = p.shape.slowTokens > 0;
+    bool const needRows = p.shape.rows > 0;
+    struct Tensor
+    {
+        char const* name;
+        void const* ptr;
+        bool required;
+        size_t alignment;
+    };
+    Tensor const tensors[] = {{"query", p.query, needRows, 16}, {"slow_key", p.slowKey, needKv && needRows, 16},
+        {"slow_value", p.slowValue, needKv && needRows, 16}, {"slow_lengths", p.slowLengths, true, 4},
+        {"row_offsets", p.rowOffsets, true, 4}, {"residual", p.residual, p.fuseGate && needRows, 16},
+        {"gate", p.gate, p.fuseGate && needRows, elementSize(p.dataType)}, {"output", p.output, needRows, 16}};
+    for (Tensor const& t : tensors)
+    {
+        if (t.required && t.ptr == nullptr)
+        {
+            err << t.name << " must not be null";
+            return err.str();
+        }
+        if (t.ptr != nullptr && !isAligned(t.ptr, t.alignment))
+        {
+            err << t.name << " must be " << t.alignment << "-byte aligned (vectorised loads)";
+            return err.str();
+        }
+    }
+    if (!p.fuseGate && (p.residual != nullptr || p.gate != nullptr))
+    {
+        return "residual and gate are only accepted with fuse_gate = 1";
+    }
+    if (p.workspaceBytes > 0 && (p.workspace == nullptr || !isAligned(p.workspace, 16)))
+    {
+        return "workspace must be a 16-byte aligned pointer when workspace_bytes > 0";
+    }
+    return "";
+}
+
+} // namespace
+
+char const* crossAttnBackendName(CrossAttnBackend backend)
+{
+    switch (backend)
+    {
+    case CrossAttnBackend::kAUTO: return "auto";
+    case CrossAttnBackend::kSIMT: return "simt";
+    case CrossAttnBackend::kMMA: return "mma";
+    }
+    return "unknown";
+}
+
+char const* crossAttnDataTypeName(CrossAttnDataType dataType)
+{
+    switch (dataType)
+    {
+    case CrossAttnDataType::kFLOAT: return "float32";
+    case CrossAttnDataType::kHALF: return "float16";
+    case CrossAttnDataType::kBF16: return "bfloat16";
+    }
+    return "unknown";
+}
+
+std::string crossAttnCheckParams(CrossAttnParams const& p)
+{
+    if (p.dataType != CrossAttnDataType::kFLOAT && p.dataType != CrossAttnDataType::kHALF
+        && p.dataType != CrossAttnDataType::kBF16)
+    {
+        return "dtype must be float32, float16 or bfloat16";
+    }
+    std::string err = checkShape(p.shape);
+    if (!err.empty())
+    {
+        return err;
+    }
+    if (!std::isfinite(p.scale))
+    {
+        return "scale must be finite";
+    }
+    if (p.backend == CrossAttnBackend::kMMA && p.dataType == CrossAttnDataType::kFLOAT)
+    {
+        return "backend 'mma' supports float16 and bfloat16 only (float32 runs on the 'simt' backend)";
+    }
+    if (p.backend != CrossAttnBackend::kAUTO && p.backend != CrossAttnBackend::kSIMT
+        && p.backend != CrossAttnBackend::kMMA)
+    {
+        return "backend must be auto, simt or mma";
+    }
+    if (p.numSplits < 0 || p.numSplits > kMAX_SPLITS)
+    {
+        return "num_splits must be in [0, " + std::to_string(kMAX_SPLITS) + "] (0 = automatic), got "
+            + std::to_string(p.numSplits);
+    }
+    if (p.numSms < 0 || p.smVersion < 0)
+    {
+        return "num_sms and sm_version must be >= 0 (0 = query the device)";
+    }
+    return checkPointers(p);
+}
+
+CrossAttnPlan crossAttnMakePlan(CrossAttnParams const& p, bool unlimitedWorkspace)
+{
+    CrossAttnPlan plan;
+    plan.backend = resolveBackend(p);
+    bool const mma = plan.backend == CrossAttnBackend::kMMA;
+    plan.blockRows = mma ? mmaBlockRows(p.shape) : detail::kSIMT_BLOCK_ROWS;
+    plan.blockKeys = mma ? detail::kMMA_BLOCK_KEYS : detail::kSIMT_BLOCK_KEYS;
+    int32_t splits = p.numSplits > 0 ? p.numSplits : autoSplits(p.shape, std::max(p.numSms, 1), plan.blockRows);
+    if (p.numSplits == 0)
+    {
+        splits = trimSplits(splits, p.shape.slowTokens, plan.blockKeys);
+    }
+    if (!unlimitedWorkspace)
+    {
+        while (splits > 1 && partialBytes(p.shape, splits) > p.workspaceBytes)
+        {
+            --splits;
+        }
+    }
+    plan.numSplits = std::max(splits, 1);
+    plan.workspaceBytes = partialBytes(p.shape, plan.numSplits);
+    return plan;
+}
+
+size_t crossAttnWorkspaceSize(CrossAttnDataType dataType, CrossAttnShape const& maxShape, int32_t numSms)
+{
+    CrossAttnShape s = maxShape;
+    if (!checkShape(s).empty() || numSms < 1)
+    {
+        return 0;
+    }
+    // Every variant the launcher may pick for this dtype (the MMA variant depends on rows / batch).
+    int32_t const groupSize = s.numHeads / s.numKvHeads;
+    int32_t const blockRows[3]
+        = {detail::kSIMT_BLOCK_ROWS, detail::kMMA_DECODE_BLOCK_ROWS, detail::kMMA_PREFILL_BLOCK_ROWS};
+    int32_t const numVariants = dataType == CrossAttnDataType::kFLOAT ? 1 : 3;
+    int64_t const target = static_cast<int64_t>(kBLOCKS_PER_SM_TARGET) * std::min(numSms, kMAX_POLICY_SMS);
+    size_t best = 0;
+    for (int32_t rows = 1; rows <= maxShape.rows; ++rows)
+    {
+        s.rows = rows;
+        bool anySplit = false;
+        for (int32_t v = 0; v < numVariants; ++v)
+        {
+            // Untrimmed count: an upper bound that only grows with rows, slowTokens and numSms.
+            best = std::max(best, partialBytes(s, autoSplits(s, numSms, blockRows[v])));
+            int64_t const tiles = (static_cast<int64_t>(rows) * groupSize + blockRows[v] - 1) / blockRows[v];
+            anySplit = anySplit || tiles * s.numKvHeads < target;
+        }
+        if (!anySplit)
+        {
+            break; // more rows -> more blocks -> one split for every variant
+        }
+    }
+    return best;
+}
+
+cudaError_t crossAttnLaunch(CrossAttnParams const& params, cudaStream_t stream, std::string* errorMessage)
+{
+    std::string const err = crossAttnCheckParams(params);
+    if (!err.empty())
+    {
+        if (errorMessage != nullptr)
+        {
+            *errorMessage = err;
+        }
+        return cudaErrorInvalidValue;
+    }
+    CrossAttnParams p = params;
+    if (p.shape.rows == 0)
+    {
+        return cudaSuccess;
+    }
+    if (p.numSms == 0 || p.smVersion == 0)
+    {
+        int32_t device = 0;
+        int32_t major = 0;
+        int32_t minor = 0;
+        cudaError_t e = cudaGetDevice(&device);
+        e = e == cudaSuccess ? cudaDeviceGetAttribute(&p.numSms, cudaDevAttrMultiProcessorCount, device) : e;
+        e = e == cudaSuccess ? cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) : e;
+        e = e == cudaSuccess ? cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) : e;
+        if (e != cudaSuccess)
+        {
+            return e;
+        }
+        p.smVersion = major * 10 + minor;
+    }
+    if (p.smVersion < 80)
+    {
+        if (errorMessage != nullptr)
+        {
+            *errorMessage = "slowFastCrossAttn needs an sm_80 or newer GPU, got sm_" + std::to_string(p.smVersion);
+        }
+        return cudaErrorNotSupported;
+    }
+
+    CrossAttnPlan const plan = crossAttnMakePlan(p, false);
+    CrossAttnShape const& s = p.shape;
+    KernelArgs args{};
+    args.query = p.query;
+    args.key = p.slowKey;
+    args.value = p.slowValue;
+    args.lengths = p.slowLengths;
+    args.offsets = p.rowOffsets;
+    args.residual = p.residual;
+    args.gate = p.gate;
+    args.output = p.output;
+    args.partialOut = plan.numSplits > 1 ? static_cast<float*>(p.workspace) : nullptr;
+    args.partialLse = plan.numSplits > 1
+        ? args.partialOut + static_cast<size_t>(plan.numSplits) * s.rows * s.numHeads * s.headDim
+        : nullptr;
+    args.rows = s.rows;
+    args.batch = s.batch;
+    args.numHeads = s.numHeads;
+    args.numKvHeads = s.numKvHeads;
+    args.groupSize = s.numHeads / s.numKvHeads;
+    args.slowTokens = s.slowTokens;
+    args.numSplits = plan.numSplits;
+    args.fuseGate = p.fuseGate ? 1 : 0;
+    args.scaleLog2 = p.scale * detail::kLOG2E;
+
+    int64_t const tileSlots = ceilDiv(s.rows * args.groupSize, plan.blockRows) + static_cast<int64_t>(s.batch);
+    dim3 const grid(static_cast<uint32_t>(tileSlots), static_cast<uint32_t>(plan.numSplits),
+        static_cast<uint32_t>(s.numKvHeads));
+    cudaError_t e = cudaErrorInvalidValue;
+    bool const mma = plan.backend == CrossAttnBackend::kMMA;
+    switch (p.dataType)
+    {
+    case CrossAttnDataType::kFLOAT: e = detail::launchSimt<float>(args, s.headDim, grid, stream); break;
+    case CrossAttnDataType::kHALF:
+        e = mma ? detail::launchMma<__half>(args, s.headDim, plan.blockRows, grid, stream)
+                : detail::launchSimt<__half>(args, s.headDim, grid, stream);
+        break;
+    case CrossAttnDataType::kBF16:
+        e = mma ? detail::launchMma<__nv_bfloat16>(args, s.headDim, plan.blockRows, grid, stream)
+                : detail::launchSimt<__nv_bfloat16>(args, s.headDim, grid, stream);
+        break;
+    }
+    if (e != cudaSuccess || plan.numSplits == 1)
+    {
+        return e;
+    }
+    switch (p.dataType)
+    {
+    case CrossAttnDataType::kFLOAT: return detail::launchCombine<float>(args, s.headDim, stream);
+    case CrossAttnDataType::kHALF: return detail::launchCombine<__half>(args, s.headDim, stream);
+    case CrossAttnDataType::kBF16: return detail::launchCombine<__nv_bfloat16>(args, s.headDim, stream);
+    }
+    return cudaErrorInvalidValue;
+}
+
+namespace detail
+{
+
+template <typename T>
+cudaError_t launchCombine(KernelArgs const& args, int32_t headDim, cudaStream_t stream)
+{
+    size_t const smem = static_cast<size_t>(args.numSplits) * args.numHeads * sizeof(float);
+    if (smem > 48 * 1024)
+    {
+        return cudaErrorInvalidValue; // numSplits <= 64: only reached with > 192 heads
+    }
+    combineKernel<T><<<args.rows, kTHREADS, smem, stream>>>(args, headDim);
+    return cudaGetLastError();
+}
+
+template cudaError_t launchCombine<float>(KernelArgs const&, int32_t, cudaStream_t);
+template cudaError_t launchCombine<__half>(KernelArgs const&, int32_t, cudaStream_t);
+template cudaError_t launchCombine<__nv_bfloat16>(KernelArgs const&, int32_t, cudaStream_t);
+
+} // namespace detail
+
+} // namespace kernels
+} // namespace slowfast
