@@ -23,6 +23,13 @@ if(DEFINED ENV{TensorRT_ROOT})
   list(APPEND _trt_roots "$ENV{TensorRT_ROOT}")
 endif()
 
+# Re-search when the roots change between configures of the same build directory.
+if(NOT "${_trt_roots}" STREQUAL "${_TensorRT_ROOTS_SEARCHED}")
+  unset(TensorRT_INCLUDE_DIR CACHE)
+  unset(TensorRT_LIBRARY CACHE)
+  set(_TensorRT_ROOTS_SEARCHED "${_trt_roots}" CACHE INTERNAL "TensorRT roots of the last search")
+endif()
+
 find_path(TensorRT_INCLUDE_DIR
   NAMES NvInfer.h NvInferVersion.h
   HINTS ${_trt_roots}

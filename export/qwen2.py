@@ -36,7 +36,7 @@ SLOW_KV_LAYOUT = "[batch, kv_heads, slow_tokens, head_dim]"
 
 
 class RMSNorm(nn.Module):
-    """Qwen2RMSNorm: normalise in float32, cast back, then scale."""
+    """Qwen2RMSNorm: normalise in float32 (float64 stays float64), cast back, then scale."""
 
     def __init__(self, size: int, eps: float):
         super().__init__()
@@ -45,9 +45,9 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
-        x32 = x.to(torch.float32)
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(dtype)
+        up = x.to(torch.float64 if dtype == torch.float64 else torch.float32)
+        up = up * torch.rsqrt(up.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * up.to(dtype)
 
 
 def rope_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):

@@ -124,4 +124,6 @@ def normalize(frames: np.ndarray) -> np.ndarray:
 
 def preprocess_frames(frames: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
     """Upstream's full preprocessing: uint8 (T, H, W, 3) -> float32 (T, 3, size, size)."""
+    _check_frames("preprocess_frames", frames)
+    _check_size("preprocess_frames", size)
     return normalize(resize_and_center_crop(frames, size))

@@ -136,8 +136,11 @@ def test_load_image(tmp_path, suffix):
     out = load_image(path)
     assert out.frames.shape == (1, 30, 50, 3) and out.frames.dtype == np.uint8
     assert (out.total_frames, out.source, out.indices.tolist(), out.timestamps_s.tolist()) == (1, path, [0], [0.0])
-    diff = np.abs(out.frames[0].astype(int) - sample_frame(0, 50, 30)).max()
-    assert diff == 0 if suffix == ".png" else diff < 64
+    diff = np.abs(out.frames[0].astype(int) - sample_frame(0, 50, 30))
+    if suffix == ".png":
+        assert diff.max() == 0
+    else:  # JPEG is lossy, worst at the square's sharp edges
+        assert diff.mean() < 8
 
 
 def _bad_files(tmp_path):

@@ -45,10 +45,13 @@ size_t partialBytes(CrossAttnShape const& s, int32_t numSplits)
 
 //! Automatic split count for one kernel variant: enough (tile, kv head, split) blocks for
 //! kBLOCKS_PER_SM_TARGET blocks per SM, at least kMIN_KEYS_PER_SPLIT keys per split.
+//! Tiles are estimated from host-known sizes: every sequence with rows has >= 1 tile of its own.
+//! The count never grows with rows or batch, and never shrinks with slowTokens or numSms.
 int32_t autoSplits(CrossAttnShape const& s, int32_t numSms, int32_t blockRows)
 {
     int32_t const groupSize = s.numHeads / s.numKvHeads;
-    int64_t const tiles = std::max<int64_t>(1, (static_cast<int64_t>(s.rows) * groupSize + blockRows - 1) / blockRows);
+    int64_t const packedTiles = (static_cast<int64_t>(s.rows) * groupSize + blockRows - 1) / blockRows;
+    int64_t const tiles = std::max<int64_t>({int64_t{1}, packedTiles, std::min(s.batch, s.rows)});
     int64_t const baseBlocks = tiles * s.numKvHeads;
     int64_t const target = static_cast<int64_t>(kBLOCKS_PER_SM_TARGET) * std::min(numSms, kMAX_POLICY_SMS);
     int64_t splits = (target + baseBlocks - 1) / baseBlocks;
@@ -297,6 +300,7 @@ size_t crossAttnWorkspaceSize(CrossAttnDataType dataType, CrossAttnShape const& 
     {
         return 0;
     }
+    s.batch = 1; // fewest tiles -> most splits: a bound for every batch
     // Every variant the launcher may pick for this dtype (the MMA variant depends on rows / batch).
     int32_t const groupSize = s.numHeads / s.numKvHeads;
     int32_t const blockRows[3]
