@@ -53,7 +53,8 @@ class VideoFrames:
         timestamps_s: float64 (T,), presentation time of each frame in seconds from the
             first frame.
         total_frames: number of frames in the whole video (1 for an image).
-        avg_fps: the stream's average frame rate (0.0 for an image or when unknown).
+        avg_fps: the stream's average frame rate; when the container states none,
+            ``(total_frames - 1) / (last - first timestamp)``; 0.0 for an image.
         source: the path the frames were read from.
     """
 
@@ -100,6 +101,9 @@ def load_video(
       the same rule, pick number ``np.linspace(0, p - 1, num_frames, dtype=int)``:
       evenly thinned when ``p > num_frames``, frames repeated when ``p < num_frames``.
 
+    Cost: one demux pass (no decoding) and one decode pass that stops after the range;
+    only the chosen frames are converted to RGB and kept in memory.
+
     Raises ``VideoError`` (a ``ValueError``) naming the file for a missing, unreadable or
     corrupt file, no video stream, no decodable frame, a bad argument, a time range that
     is empty or outside the video, or a pixel format FFmpeg cannot convert to RGB.
@@ -111,7 +115,8 @@ def load_video(
         raise VideoError(f"{path}: the video stream has no frames")
     for _ in range(2):
         times = _seconds(path, stream)
-        chosen, stop = _select(path, times, stream.avg_fps, num_frames, sampling, fps, start_s, end_s)
+        avg_fps = stream.avg_fps or _measured_rate(times)
+        chosen, stop = _select(path, times, avg_fps, num_frames, sampling, fps, start_s, end_s)
         decoded, decoded_pts = _decode(path, frozenset(chosen.tolist()), stop)
         reached = len(decoded_pts) == (len(stream.pts) if stop is None else stop + 1)
         if reached and decoded_pts == stream.pts[: len(decoded_pts)]:
@@ -130,7 +135,7 @@ def load_video(
         indices=chosen.astype(np.int64),
         timestamps_s=times[chosen],
         total_frames=len(stream.pts),
-        avg_fps=stream.avg_fps,
+        avg_fps=avg_fps,
         source=path,
     )
 
@@ -221,6 +226,12 @@ def _seconds(path: str, stream: _Stream) -> np.ndarray:
     raise VideoError(f"{path}: the frames have no timestamps and the stream has no frame rate")
 
 
+def _measured_rate(times: np.ndarray) -> float:
+    """Frames per second implied by the timestamps, for containers that state no rate."""
+    span = float(times[-1] - times[0])
+    return (len(times) - 1) / span if span > 0 else 0.0
+
+
 def _select(path, times, avg_fps, num_frames, sampling, fps, start_s, end_s) -> tuple[np.ndarray, int | None]:
     """Return the chosen frame indices and the last frame the decoder must reach (None: all)."""
     timed = sampling == "fps" or start_s is not None or end_s is not None
@@ -228,19 +239,12 @@ def _select(path, times, avg_fps, num_frames, sampling, fps, start_s, end_s) -> 
         raise VideoError(f"{path}: frame timestamps are not increasing, so time-based sampling is undefined")
     # A frame lasts until the next one starts; the last one lasts one average frame period.
     duration = float(times[-1]) + (1.0 / avg_fps if avg_fps > 0 else 0.0)
-    start = 0.0 if start_s is None else float(start_s)
-    end = duration if end_s is None else float(end_s)
-    if start >= duration or end > duration + _EPS:
-        raise VideoError(
-            f"{path}: time range [{start}, {end}) s is outside the video, which lasts {duration:.6g} s"
-        )
-    in_range = np.flatnonzero((times >= start - _EPS) & (times < end - _EPS))
-    if in_range.size == 0:
-        raise VideoError(f"{path}: time range [{start}, {end}) s contains no frame")
-    lo, hi = int(in_range[0]), int(in_range[-1])
+    lo, hi = _frames_in_range(path, times, duration, start_s, end_s)
     if sampling == "uniform":
         picks = np.arange(lo, hi + 1)
     else:
+        start = 0.0 if start_s is None else float(start_s)
+        end = duration if end_s is None else float(end_s)
         count = max(1, math.ceil((end - start) * fps - _EPS))
         targets = start + np.arange(count, dtype=np.float64) / fps
         picks = np.clip(np.searchsorted(times, targets + _EPS, side="right") - 1, lo, hi)
@@ -248,6 +252,22 @@ def _select(path, times, avg_fps, num_frames, sampling, fps, start_s, end_s) -> 
     # Decode one frame past the range so that its timestamp is checked too.
     stop = hi + 1 if hi + 1 < len(times) else None
     return chosen, stop
+
+
+def _frames_in_range(path, times, duration, start_s, end_s) -> tuple[int, int]:
+    """First and last index of the frames starting in [start_s, end_s) (all frames by default)."""
+    if (end_s is not None and end_s > duration + _EPS) or (start_s is not None and start_s > times[-1] + _EPS):
+        raise VideoError(
+            f"{path}: time range start_s={start_s}, end_s={end_s} is outside the video, which lasts {duration:.6g} s "
+            f"(last frame at {times[-1]:.6g} s)"
+        )
+    inside = times >= (start_s or 0.0) - _EPS
+    if end_s is not None:
+        inside &= times < end_s - _EPS
+    in_range = np.flatnonzero(inside)
+    if in_range.size == 0:
+        raise VideoError(f"{path}: time range start_s={start_s}, end_s={end_s} contains no frame")
+    return int(in_range[0]), int(in_range[-1])
 
 
 def _decode(path: str, wanted: frozenset, stop: int | None) -> tuple[dict[int, np.ndarray], list]:
