@@ -261,7 +261,8 @@ PYBIND11_MODULE(_kernels, m)
     m.def("device_count", &deviceCount, "Number of CUDA devices visible (0 without driver or GPU).");
     m.def("built_architectures", &builtArchitectures, "CUDA architectures compiled into the kernels.");
     m.attr("cuda_compiler_version") = SLOWFAST_CUDA_COMPILER_VERSION;
-    m.attr("supported_head_dims") = std::vector<int32_t>(std::begin(kSUPPORTED_HEAD_DIMS), std::end(kSUPPORTED_HEAD_DIMS));
+    m.attr("supported_head_dims")
+        = std::vector<int32_t>(std::begin(kSUPPORTED_HEAD_DIMS), std::end(kSUPPORTED_HEAD_DIMS));
     m.attr("max_splits") = kMAX_SPLITS;
     m.attr("max_policy_sms") = kMAX_POLICY_SMS;
 }

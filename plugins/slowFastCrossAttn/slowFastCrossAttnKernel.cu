@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <sstream>
+#include <type_traits>
 
 namespace slowfast
 {
@@ -87,50 +88,57 @@ int32_t mmaBlockRows(CrossAttnShape const& s)
                                                                          : detail::kMMA_PREFILL_BLOCK_ROWS;
 }
 
+//! Merges the split partials of one (row, head) per block: weights exp2(lse_s - max) / sum, then
+//! output = gate epilogue of sum_s w_s * O_s. Every split writes every vector it owns (empty chunks write
+//! ctx 0 and lse -inf), so all partials read here are defined.
 template <typename T>
-__global__ void __launch_bounds__(detail::kTHREADS) combineKernel(KernelArgs const a, int32_t headDim)
+__global__ void __launch_bounds__(128) combineKernel(KernelArgs const a, int32_t headDim)
 {
-    extern __shared__ float sWeight[]; // [S][H], normalised
-    int32_t const row = blockIdx.x;
-    int32_t const numHeads = a.numHeads;
-    int64_t const perSplit = static_cast<int64_t>(a.rows) * numHeads;
-    for (int32_t h = threadIdx.x; h < numHeads; h += blockDim.x)
+    __shared__ float sWeight[kMAX_SPLITS];
+    __shared__ float sInvSum;
+    int64_t const vector = blockIdx.x; // row * H + head
+    int32_t const row = static_cast<int32_t>(vector / a.numHeads);
+    int64_t const perSplit = static_cast<int64_t>(a.rows) * a.numHeads;
+    if (threadIdx.x < 32)
     {
         float mMax = -INFINITY;
-        for (int32_t s = 0; s < a.numSplits; ++s)
+        for (int32_t s = threadIdx.x; s < a.numSplits; s += 32)
         {
-            mMax = fmaxf(mMax, a.partialLse[s * perSplit + static_cast<int64_t>(row) * numHeads + h]);
+            mMax = fmaxf(mMax, a.partialLse[s * perSplit + vector]);
+        }
+        for (int32_t o = 16; o > 0; o >>= 1)
+        {
+            mMax = fmaxf(mMax, __shfl_xor_sync(0xffffffffU, mMax, o));
         }
         float sum = 0.F;
-        for (int32_t s = 0; s < a.numSplits; ++s)
+        for (int32_t s = threadIdx.x; s < a.numSplits; s += 32)
         {
-            float const lse = a.partialLse[s * perSplit + static_cast<int64_t>(row) * numHeads + h];
+            float const lse = a.partialLse[s * perSplit + vector];
             float const w = lse == -INFINITY ? 0.F : exp2f(lse - mMax);
-            sWeight[s * numHeads + h] = w;
+            sWeight[s] = w;
             sum += w;
         }
-        float const inv = sum > 0.F ? 1.F / sum : 0.F;
-        for (int32_t s = 0; s < a.numSplits; ++s)
+        for (int32_t o = 16; o > 0; o >>= 1)
         {
-            sWeight[s * numHeads + h] *= inv;
+            sum += __shfl_xor_sync(0xffffffffU, sum, o);
+        }
+        if (threadIdx.x == 0)
+        {
+            sInvSum = sum > 0.F ? 1.F / sum : 0.F; // no key in any chunk -> ctx 0
         }
     }
     __syncthreads();
-    int32_t const width = numHeads * headDim;
-    int64_t const rowBase = static_cast<int64_t>(row) * width;
-    for (int32_t e = threadIdx.x; e < width; e += blockDim.x)
+    for (int32_t d = threadIdx.x; d < headDim; d += blockDim.x)
     {
-        int32_t const h = e / headDim;
         float acc = 0.F;
+#pragma unroll 4
         for (int32_t s = 0; s < a.numSplits; ++s)
         {
-            float const w = sWeight[s * numHeads + h];
-            if (w != 0.F) // empty chunks carry ctx 0 and lse -inf
-            {
-                acc += w * a.partialOut[s * perSplit * headDim + rowBase + e];
-            }
+            float const w = sWeight[s];
+            float const v = a.partialOut[(s * perSplit + vector) * headDim + d];
+            acc += w != 0.F ? w * v : 0.F;
         }
-        detail::storeOutput<T>(a, rowBase + e, row, acc);
+        detail::storeOutput<T>(a, vector * headDim + d, row, acc * sInvSum);
     }
 }
 
@@ -327,47 +335,24 @@ size_t crossAttnWorkspaceSize(CrossAttnDataType dataType, CrossAttnShape const& 
     return best;
 }
 
-cudaError_t crossAttnLaunch(CrossAttnParams const& params, cudaStream_t stream, std::string* errorMessage)
+namespace
 {
-    std::string const err = crossAttnCheckParams(params);
-    if (!err.empty())
-    {
-        if (errorMessage != nullptr)
-        {
-            *errorMessage = err;
-        }
-        return cudaErrorInvalidValue;
-    }
-    CrossAttnParams p = params;
-    if (p.shape.rows == 0)
-    {
-        return cudaSuccess;
-    }
-    if (p.numSms == 0 || p.smVersion == 0)
-    {
-        int32_t device = 0;
-        int32_t major = 0;
-        int32_t minor = 0;
-        cudaError_t e = cudaGetDevice(&device);
-        e = e == cudaSuccess ? cudaDeviceGetAttribute(&p.numSms, cudaDevAttrMultiProcessorCount, device) : e;
-        e = e == cudaSuccess ? cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) : e;
-        e = e == cudaSuccess ? cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) : e;
-        if (e != cudaSuccess)
-        {
-            return e;
-        }
-        p.smVersion = major * 10 + minor;
-    }
-    if (p.smVersion < 80)
-    {
-        if (errorMessage != nullptr)
-        {
-            *errorMessage = "slowFastCrossAttn needs an sm_80 or newer GPU, got sm_" + std::to_string(p.smVersion);
-        }
-        return cudaErrorNotSupported;
-    }
 
-    CrossAttnPlan const plan = crossAttnMakePlan(p, false);
+cudaError_t queryDevice(CrossAttnParams& p)
+{
+    int32_t device = 0;
+    int32_t major = 0;
+    int32_t minor = 0;
+    cudaError_t e = cudaGetDevice(&device);
+    e = e == cudaSuccess ? cudaDeviceGetAttribute(&p.numSms, cudaDevAttrMultiProcessorCount, device) : e;
+    e = e == cudaSuccess ? cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) : e;
+    e = e == cudaSuccess ? cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) : e;
+    p.smVersion = major * 10 + minor;
+    return e;
+}
+
+KernelArgs makeKernelArgs(CrossAttnParams const& p, CrossAttnPlan const& plan)
+{
     CrossAttnShape const& s = p.shape;
     KernelArgs args{};
     args.query = p.query;
@@ -391,33 +376,77 @@ cudaError_t crossAttnLaunch(CrossAttnParams const& params, cudaStream_t stream, 
     args.numSplits = plan.numSplits;
     args.fuseGate = p.fuseGate ? 1 : 0;
     args.scaleLog2 = p.scale * detail::kLOG2E;
+    return args;
+}
 
-    int64_t const tileSlots = ceilDiv(s.rows * args.groupSize, plan.blockRows) + static_cast<int64_t>(s.batch);
+//! Attention kernel of the plan, then (numSplits > 1) the combine kernel, for element type T.
+template <typename T>
+cudaError_t launchTyped(KernelArgs const& args, CrossAttnPlan const& plan, int32_t headDim, cudaStream_t stream)
+{
+    int64_t const tileSlots
+        = ceilDiv(args.rows * args.groupSize, plan.blockRows) + static_cast<int64_t>(args.batch);
     dim3 const grid(static_cast<uint32_t>(tileSlots), static_cast<uint32_t>(plan.numSplits),
-        static_cast<uint32_t>(s.numKvHeads));
+        static_cast<uint32_t>(args.numKvHeads));
     cudaError_t e = cudaErrorInvalidValue;
-    bool const mma = plan.backend == CrossAttnBackend::kMMA;
-    switch (p.dataType)
+    if (plan.backend == CrossAttnBackend::kMMA)
     {
-    case CrossAttnDataType::kFLOAT: e = detail::launchSimt<float>(args, s.headDim, grid, stream); break;
-    case CrossAttnDataType::kHALF:
-        e = mma ? detail::launchMma<__half>(args, s.headDim, plan.blockRows, grid, stream)
-                : detail::launchSimt<__half>(args, s.headDim, grid, stream);
-        break;
-    case CrossAttnDataType::kBF16:
-        e = mma ? detail::launchMma<__nv_bfloat16>(args, s.headDim, plan.blockRows, grid, stream)
-                : detail::launchSimt<__nv_bfloat16>(args, s.headDim, grid, stream);
-        break;
+        if constexpr (!std::is_same_v<T, float>)
+        {
+            e = detail::launchMma<T>(args, headDim, plan.blockRows, grid, stream);
+        }
+    }
+    else
+    {
+        e = detail::launchSimt<T>(args, headDim, grid, stream);
     }
     if (e != cudaSuccess || plan.numSplits == 1)
     {
         return e;
     }
+    return detail::launchCombine<T>(args, headDim, stream);
+}
+
+} // namespace
+
+cudaError_t crossAttnLaunch(CrossAttnParams const& params, cudaStream_t stream, std::string* errorMessage)
+{
+    std::string const err = crossAttnCheckParams(params);
+    if (!err.empty())
+    {
+        if (errorMessage != nullptr)
+        {
+            *errorMessage = err;
+        }
+        return cudaErrorInvalidValue;
+    }
+    CrossAttnParams p = params;
+    if (p.shape.rows == 0)
+    {
+        return cudaSuccess;
+    }
+    if (p.numSms == 0 || p.smVersion == 0)
+    {
+        cudaError_t const e = queryDevice(p);
+        if (e != cudaSuccess)
+        {
+            return e;
+        }
+    }
+    if (p.smVersion < 80)
+    {
+        if (errorMessage != nullptr)
+        {
+            *errorMessage = "slowFastCrossAttn needs an sm_80 or newer GPU, got sm_" + std::to_string(p.smVersion);
+        }
+        return cudaErrorNotSupported;
+    }
+    CrossAttnPlan const plan = crossAttnMakePlan(p, false);
+    KernelArgs const args = makeKernelArgs(p, plan);
     switch (p.dataType)
     {
-    case CrossAttnDataType::kFLOAT: return detail::launchCombine<float>(args, s.headDim, stream);
-    case CrossAttnDataType::kHALF: return detail::launchCombine<__half>(args, s.headDim, stream);
-    case CrossAttnDataType::kBF16: return detail::launchCombine<__nv_bfloat16>(args, s.headDim, stream);
+    case CrossAttnDataType::kFLOAT: return launchTyped<float>(args, plan, p.shape.headDim, stream);
+    case CrossAttnDataType::kHALF: return launchTyped<__half>(args, plan, p.shape.headDim, stream);
+    case CrossAttnDataType::kBF16: return launchTyped<__nv_bfloat16>(args, plan, p.shape.headDim, stream);
     }
     return cudaErrorInvalidValue;
 }
@@ -428,12 +457,12 @@ namespace detail
 template <typename T>
 cudaError_t launchCombine(KernelArgs const& args, int32_t headDim, cudaStream_t stream)
 {
-    size_t const smem = static_cast<size_t>(args.numSplits) * args.numHeads * sizeof(float);
-    if (smem > 48 * 1024)
+    if (args.numSplits > kMAX_SPLITS)
     {
-        return cudaErrorInvalidValue; // numSplits <= 64: only reached with > 192 heads
+        return cudaErrorInvalidValue;
     }
-    combineKernel<T><<<args.rows, kTHREADS, smem, stream>>>(args, headDim);
+    int64_t const vectors = static_cast<int64_t>(args.rows) * args.numHeads;
+    combineKernel<T><<<static_cast<uint32_t>(vectors), static_cast<uint32_t>(headDim), 0, stream>>>(args, headDim);
     return cudaGetLastError();
 }
 

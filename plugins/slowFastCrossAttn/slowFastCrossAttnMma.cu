@@ -164,187 +164,142 @@ __device__ __forceinline__ void loadTileAsync(
     }
 }
 
-template <typename T, int32_t kD, int32_t kWarpsM, int32_t kWarpsN>
-__global__ void __launch_bounds__(kTHREADS) mmaKernel(KernelArgs const a)
+//! Q fragments (A operand, row-major 16 x 16 per k-step) of packed vectors firstVec .. firstVec + 15,
+//! straight from global memory; vectors past the tile are zero.
+template <typename T, int32_t kD>
+__device__ __forceinline__ void loadQueryFragments(uint32_t (&qa)[kD / 16][4], KernelArgs const& a,
+    TileInfo const& t, int32_t kvHead, int32_t firstVec, int32_t lane)
 {
-    static_assert(kWarpsM * kWarpsN * 32 == kTHREADS, "4 warps");
-    constexpr int32_t kBM = 16 * kWarpsM;
-    constexpr int32_t kBN = kMMA_BLOCK_KEYS;
-    constexpr int32_t kKPW = kBN / kWarpsN; // keys per warp per tile
-    constexpr int32_t kNT = kKPW / 8;       // 8-key n-tiles per warp
-    constexpr int32_t kKS = kD / 16;        // 16-wide k-steps over D
-    constexpr int32_t kDT = kD / 8;         // 8-wide d-tiles of O
+    T const* query = static_cast<T const*>(a.query);
+    int32_t const v0 = firstVec + lane / 4;
+    int32_t const v1 = v0 + 8;
+    T const* q0 = v0 < t.numVec ? query + vectorOffset(a, t, kvHead, t.vecBegin + v0, kD) : nullptr;
+    T const* q1 = v1 < t.numVec ? query + vectorOffset(a, t, kvHead, t.vecBegin + v1, kD) : nullptr;
+#pragma unroll
+    for (int32_t ks = 0; ks < kD / 16; ++ks)
+    {
+        int32_t const c = ks * 16 + 2 * (lane % 4);
+        qa[ks][0] = q0 ? *reinterpret_cast<uint32_t const*>(q0 + c) : 0U;
+        qa[ks][1] = q1 ? *reinterpret_cast<uint32_t const*>(q1 + c) : 0U;
+        qa[ks][2] = q0 ? *reinterpret_cast<uint32_t const*>(q0 + c + 8) : 0U;
+        qa[ks][3] = q1 ? *reinterpret_cast<uint32_t const*>(q1 + c + 8) : 0U;
+    }
+}
+
+//! s = Q K^T for the kNT * 8 keys starting at smem row keyRow0 of the K tile.
+template <typename T, int32_t kD, int32_t kNT>
+__device__ __forceinline__ void scoreTile(
+    float (&s)[kNT][4], uint32_t const (&qa)[kD / 16][4], T const* sK, int32_t keyRow0, int32_t lane)
+{
     constexpr int32_t kSTRIDE = MmaSmem<kD>::kSTRIDE;
-    static_assert(kKPW % 16 == 0, "P V needs 16-key steps per warp");
-
-    extern __shared__ __align__(16) unsigned char smemRaw[];
-    T* const sKV = reinterpret_cast<T*>(smemRaw); // [stage][K | V][kBN][kSTRIDE]
-    __shared__ TileInfo sTile;
-
-    int32_t const kvHead = blockIdx.z;
-    int32_t const split = blockIdx.y;
-    if (threadIdx.x == 0)
-    {
-        sTile = findTile(a, blockIdx.x, split, kBM, kBN);
-    }
-    __syncthreads();
-    TileInfo const t = sTile;
-    if (t.batchIndex < 0)
-    {
-        return;
-    }
-
-    int32_t const warp = threadIdx.x / 32;
-    int32_t const lane = threadIdx.x % 32;
-    int32_t const wm = warp / kWarpsN;
-    int32_t const wn = warp % kWarpsN;
-    int32_t const gid = lane / 4; // fragment row (and +8)
-    int32_t const tig = lane % 4; // fragment column pair
     int32_t const ldRow = lane % 8;
     int32_t const ldMat = lane / 8; // which 8x8 matrix this lane addresses
-
-    // Q fragments (A operand, row-major 16 x 16 per k-step) straight from global memory.
-    uint32_t qa[kKS][4];
-    {
-        T const* query = static_cast<T const*>(a.query);
-        int32_t const v0 = wm * 16 + gid;
-        int32_t const v1 = v0 + 8;
-        T const* q0 = v0 < t.numVec ? query + vectorOffset(a, t, kvHead, t.vecBegin + v0, kD) : nullptr;
-        T const* q1 = v1 < t.numVec ? query + vectorOffset(a, t, kvHead, t.vecBegin + v1, kD) : nullptr;
 #pragma unroll
-        for (int32_t ks = 0; ks < kKS; ++ks)
+    for (int32_t nt = 0; nt < kNT; ++nt)
+    {
+        s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.F;
+    }
+#pragma unroll
+    for (int32_t ks = 0; ks < kD / 16; ++ks)
+    {
+#pragma unroll
+        for (int32_t nt = 0; nt < kNT; nt += 2)
         {
-            int32_t const c = ks * 16 + 2 * tig;
-            qa[ks][0] = q0 ? *reinterpret_cast<uint32_t const*>(q0 + c) : 0U;
-            qa[ks][1] = q1 ? *reinterpret_cast<uint32_t const*>(q1 + c) : 0U;
-            qa[ks][2] = q0 ? *reinterpret_cast<uint32_t const*>(q0 + c + 8) : 0U;
-            qa[ks][3] = q1 ? *reinterpret_cast<uint32_t const*>(q1 + c + 8) : 0U;
+            // matrices: (keys nt*8.., d ks*16), (keys nt*8.., d +8), (keys nt*8+8.., d ks*16), (.., d +8)
+            int32_t const keyRow = keyRow0 + nt * 8 + (ldMat / 2) * 8 + ldRow;
+            int32_t const col = ks * 16 + (ldMat % 2) * 8;
+            uint32_t b[4];
+            ldmatrixX4(b, sK + keyRow * kSTRIDE + col);
+            mma16816<T>(s[nt], qa[ks], b[0], b[1]);
+            mma16816<T>(s[nt + 1], qa[ks], b[2], b[3]);
         }
     }
+}
 
-    int64_t const kvBase = (static_cast<int64_t>(t.batchIndex) * a.numKvHeads + kvHead) * a.slowTokens * kD;
-    T const* key = static_cast<T const*>(a.key) + kvBase;
-    T const* value = static_cast<T const*>(a.value) + kvBase;
-
-    float o[kDT][4];
+//! Online softmax (base 2) of one tile: masks keys >= keyEnd, rescales l and o, leaves p in s.
+//! Element c of s[nt]: row lane / 4 + 8 * (c / 2), key firstKey + nt * 8 + 2 * (lane % 4) + c % 2.
+template <int32_t kNT, int32_t kDT>
+__device__ __forceinline__ void onlineSoftmax(float (&s)[kNT][4], float (&m)[2], float (&l)[2], float (&o)[kDT][4],
+    int32_t firstKey, int32_t keyEnd, float scaleLog2, int32_t lane)
+{
 #pragma unroll
-    for (int32_t i = 0; i < kDT; ++i)
+    for (int32_t r = 0; r < 2; ++r)
     {
-        o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.F;
-    }
-    float m[2] = {-INFINITY, -INFINITY}; // rows gid, gid + 8
-    float l[2] = {0.F, 0.F};             // per-lane partial sums
-
-    int32_t const numTiles = ceilDiv(t.keyEnd - t.keyBegin, kBN);
-    if (numTiles > 0)
-    {
-        loadTileAsync<T, kD>(sKV, sKV + kBN * kSTRIDE, key, value, t.keyBegin, t.keyEnd);
-    }
-    cpAsyncCommit();
-    for (int32_t it = 0; it < numTiles; ++it)
-    {
-        int32_t const tileStart = t.keyBegin + it * kBN;
-        if (it + 1 < numTiles)
-        {
-            T* next = sKV + ((it + 1) % 2) * 2 * kBN * kSTRIDE;
-            loadTileAsync<T, kD>(next, next + kBN * kSTRIDE, key, value, tileStart + kBN, t.keyEnd);
-        }
-        cpAsyncCommit();
-        cpAsyncWait<1>(); // tile `it` has landed (the newest group may still be in flight)
-        __syncthreads();
-        T const* sK = sKV + (it % 2) * 2 * kBN * kSTRIDE;
-        T const* sV = sK + kBN * kSTRIDE;
-
-        // S = Q K^T for this warp's keys [wn * kKPW, (wn + 1) * kKPW) of the tile.
-        float s[kNT][4];
+        float mx = -INFINITY;
 #pragma unroll
         for (int32_t nt = 0; nt < kNT; ++nt)
         {
-            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.F;
-        }
 #pragma unroll
-        for (int32_t ks = 0; ks < kKS; ++ks)
+            for (int32_t c = 0; c < 2; ++c)
+            {
+                int32_t const keyIdx = firstKey + nt * 8 + 2 * (lane % 4) + c;
+                float const v = keyIdx < keyEnd ? s[nt][2 * r + c] * scaleLog2 : -INFINITY;
+                s[nt][2 * r + c] = v;
+                mx = fmaxf(mx, v);
+            }
+        }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffU, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffU, mx, 2));
+        float const mNew = fmaxf(m[r], mx);
+        float const mRef = mNew == -INFINITY ? 0.F : mNew; // all keys of this warp masked so far
+        float const alpha = exp2f(m[r] - mRef);
+        float sum = 0.F;
+#pragma unroll
+        for (int32_t nt = 0; nt < kNT; ++nt)
         {
 #pragma unroll
-            for (int32_t nt = 0; nt < kNT; nt += 2)
+            for (int32_t c = 0; c < 2; ++c)
             {
-                // matrices: (keys nt*8.., d ks*16), (keys nt*8.., d +8), (keys nt*8+8.., d ks*16), (.., d +8)
-                int32_t const keyRow = wn * kKPW + nt * 8 + (ldMat / 2) * 8 + ldRow;
-                int32_t const col = ks * 16 + (ldMat % 2) * 8;
-                uint32_t b[4];
-                ldmatrixX4(b, sK + keyRow * kSTRIDE + col);
-                mma16816<T>(s[nt], qa[ks], b[0], b[1]);
-                mma16816<T>(s[nt + 1], qa[ks], b[2], b[3]);
+                float const pv = exp2f(s[nt][2 * r + c] - mRef);
+                s[nt][2 * r + c] = pv;
+                sum += pv;
             }
         }
-
-        // Online softmax (base 2). Element c of s[nt]: row gid + 8 * (c / 2), key nt * 8 + 2 * tig + c % 2.
+        l[r] = l[r] * alpha + sum; // per-lane partial, reduced across the quad in the epilogue
+        m[r] = mNew;
 #pragma unroll
-        for (int32_t r = 0; r < 2; ++r)
+        for (int32_t i = 0; i < kDT; ++i)
         {
-            float mx = -INFINITY;
-#pragma unroll
-            for (int32_t nt = 0; nt < kNT; ++nt)
-            {
-#pragma unroll
-                for (int32_t c = 0; c < 2; ++c)
-                {
-                    int32_t const keyIdx = tileStart + wn * kKPW + nt * 8 + 2 * tig + c;
-                    float const v = keyIdx < t.keyEnd ? s[nt][2 * r + c] * a.scaleLog2 : -INFINITY;
-                    s[nt][2 * r + c] = v;
-                    mx = fmaxf(mx, v);
-                }
-            }
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffU, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffU, mx, 2));
-            float const mNew = fmaxf(m[r], mx);
-            float const mRef = mNew == -INFINITY ? 0.F : mNew; // all keys of this warp masked so far
-            float const alpha = exp2f(m[r] - mRef);
-            float sum = 0.F;
-#pragma unroll
-            for (int32_t nt = 0; nt < kNT; ++nt)
-            {
-#pragma unroll
-                for (int32_t c = 0; c < 2; ++c)
-                {
-                    float const pv = exp2f(s[nt][2 * r + c] - mRef);
-                    s[nt][2 * r + c] = pv;
-                    sum += pv;
-                }
-            }
-            l[r] = l[r] * alpha + sum;
-            m[r] = mNew;
-#pragma unroll
-            for (int32_t i = 0; i < kDT; ++i)
-            {
-                o[i][2 * r] *= alpha;
-                o[i][2 * r + 1] *= alpha;
-            }
+            o[i][2 * r] *= alpha;
+            o[i][2 * r + 1] *= alpha;
         }
-
-        // O += P V, 16 keys per step: the two n-tiles' accumulators form the A fragment.
-#pragma unroll
-        for (int32_t kk = 0; kk < kNT / 2; ++kk)
-        {
-            uint32_t const pa[4] = {packPair<T>(s[2 * kk][0], s[2 * kk][1]), packPair<T>(s[2 * kk][2], s[2 * kk][3]),
-                packPair<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]), packPair<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-            // matrices: (keys +0.., d dt*16), (keys +8.., d dt*16), (keys +0.., d +8), (keys +8.., d +8)
-            int32_t const keyRow = wn * kKPW + kk * 16 + (ldMat % 2) * 8 + ldRow;
-#pragma unroll
-            for (int32_t dt = 0; dt < kDT; dt += 2)
-            {
-                uint32_t b[4];
-                ldmatrixX4Trans(b, sV + keyRow * kSTRIDE + dt * 8 + (ldMat / 2) * 8);
-                mma16816<T>(o[dt], pa, b[0], b[1]);
-                mma16816<T>(o[dt + 1], pa, b[2], b[3]);
-            }
-        }
-        __syncthreads(); // stage `it % 2` is refilled by iteration it + 1
     }
-    cpAsyncWait<0>();
-    __syncthreads();
+}
 
-    // Epilogue: merge the kWarpsN key slices of every vector through shared memory.
+//! o += P V, 16 keys per step: the accumulators of two 8-key n-tiles form the A fragment of P.
+template <typename T, int32_t kD, int32_t kNT>
+__device__ __forceinline__ void accumulatePV(
+    float (&o)[kD / 8][4], float const (&p)[kNT][4], T const* sV, int32_t keyRow0, int32_t lane)
+{
+    constexpr int32_t kSTRIDE = MmaSmem<kD>::kSTRIDE;
+    int32_t const ldRow = lane % 8;
+    int32_t const ldMat = lane / 8;
+#pragma unroll
+    for (int32_t kk = 0; kk < kNT / 2; ++kk)
+    {
+        uint32_t const pa[4] = {packPair<T>(p[2 * kk][0], p[2 * kk][1]), packPair<T>(p[2 * kk][2], p[2 * kk][3]),
+            packPair<T>(p[2 * kk + 1][0], p[2 * kk + 1][1]), packPair<T>(p[2 * kk + 1][2], p[2 * kk + 1][3])};
+        // matrices: (keys +0.., d dt*8), (keys +8.., d dt*8), (keys +0.., d dt*8+8), (keys +8.., d dt*8+8)
+        int32_t const keyRow = keyRow0 + kk * 16 + (ldMat % 2) * 8 + ldRow;
+#pragma unroll
+        for (int32_t dt = 0; dt < kD / 8; dt += 2)
+        {
+            uint32_t b[4];
+            ldmatrixX4Trans(b, sV + keyRow * kSTRIDE + dt * 8 + (ldMat / 2) * 8);
+            mma16816<T>(o[dt], pa, b[0], b[1]);
+            mma16816<T>(o[dt + 1], pa, b[2], b[3]);
+        }
+    }
+}
+
+//! Epilogue: every warp dumps (m, l, O) of its 16 vectors to shared memory (reusing the K/V tiles),
+//! then the block merges the kWarpsN key slices of each vector and stores the result.
+template <typename T, int32_t kD, int32_t kWarpsM, int32_t kWarpsN>
+__device__ __forceinline__ void mergeAndStore(unsigned char* smemRaw, float const (&m)[2], float const (&l)[2],
+    float const (&o)[kD / 8][4], KernelArgs const& a, TileInfo const& t, int32_t kvHead, int32_t split)
+{
+    int32_t const warp = threadIdx.x / 32;
+    int32_t const lane = threadIdx.x % 32;
     float* const sO = reinterpret_cast<float*>(smemRaw); // [warp][16][kD]
     float* const sM = sO + 4 * 16 * kD;                   // [warp][16]
     float* const sL = sM + 4 * 16;                        // [warp][16]
@@ -354,23 +309,23 @@ __global__ void __launch_bounds__(kTHREADS) mmaKernel(KernelArgs const a)
         float lr = l[r];
         lr += __shfl_xor_sync(0xffffffffU, lr, 1);
         lr += __shfl_xor_sync(0xffffffffU, lr, 2);
-        int32_t const row16 = gid + 8 * r;
-        if (tig == 0)
+        int32_t const row16 = lane / 4 + 8 * r;
+        if (lane % 4 == 0)
         {
             sM[warp * 16 + row16] = m[r];
             sL[warp * 16 + row16] = lr;
         }
 #pragma unroll
-        for (int32_t i = 0; i < kDT; ++i)
+        for (int32_t i = 0; i < kD / 8; ++i)
         {
-            float* dst = sO + (warp * 16 + row16) * kD + i * 8 + 2 * tig;
+            float* dst = sO + (warp * 16 + row16) * kD + i * 8 + 2 * (lane % 4);
             dst[0] = o[i][2 * r];
             dst[1] = o[i][2 * r + 1];
         }
     }
     __syncthreads();
 
-    for (int32_t idx = threadIdx.x; idx < kBM * kD; idx += kTHREADS)
+    for (int32_t idx = threadIdx.x; idx < 16 * kWarpsM * kD; idx += kTHREADS)
     {
         int32_t const vec = idx / kD;
         int32_t const d = idx % kD;
@@ -378,7 +333,7 @@ __global__ void __launch_bounds__(kTHREADS) mmaKernel(KernelArgs const a)
         {
             break; // idx only grows
         }
-        int32_t const slot0 = (vec / 16) * kWarpsN;
+        int32_t const slot0 = (vec / 16) * kWarpsN; // warp = wm * kWarpsN + wn
         int32_t const row16 = vec % 16;
         float mMax = -INFINITY;
 #pragma unroll
@@ -403,6 +358,79 @@ __global__ void __launch_bounds__(kTHREADS) mmaKernel(KernelArgs const a)
         float const lse = sum > 0.F ? mMax + log2f(sum) : -INFINITY;
         storeResult<T>(a, split, vectorOffset(a, t, kvHead, p, kD) + d, row, d, kD, ctx, lse);
     }
+}
+
+template <typename T, int32_t kD, int32_t kWarpsM, int32_t kWarpsN>
+__global__ void __launch_bounds__(kTHREADS) mmaKernel(KernelArgs const a)
+{
+    static_assert(kWarpsM * kWarpsN * 32 == kTHREADS, "4 warps");
+    constexpr int32_t kBN = kMMA_BLOCK_KEYS;
+    constexpr int32_t kKPW = kBN / kWarpsN; // keys per warp per tile
+    constexpr int32_t kNT = kKPW / 8;       // 8-key n-tiles per warp
+    constexpr int32_t kSTRIDE = MmaSmem<kD>::kSTRIDE;
+    static_assert(kKPW % 16 == 0, "P V needs 16-key steps per warp");
+
+    extern __shared__ __align__(16) unsigned char smemRaw[];
+    T* const sKV = reinterpret_cast<T*>(smemRaw); // [stage][K | V][kBN][kSTRIDE]
+    __shared__ TileInfo sTile;
+    int32_t const kvHead = blockIdx.z;
+    int32_t const split = blockIdx.y;
+    if (threadIdx.x == 0)
+    {
+        sTile = findTile(a, blockIdx.x, split, 16 * kWarpsM, kBN);
+    }
+    __syncthreads();
+    TileInfo const t = sTile;
+    if (t.batchIndex < 0)
+    {
+        return;
+    }
+    int32_t const lane = threadIdx.x % 32;
+    int32_t const wm = (threadIdx.x / 32) / kWarpsN;
+    int32_t const keyRow0 = ((threadIdx.x / 32) % kWarpsN) * kKPW; // this warp's keys within a tile
+
+    uint32_t qa[kD / 16][4];
+    loadQueryFragments<T, kD>(qa, a, t, kvHead, wm * 16, lane);
+    int64_t const kvBase = (static_cast<int64_t>(t.batchIndex) * a.numKvHeads + kvHead) * a.slowTokens * kD;
+    T const* key = static_cast<T const*>(a.key) + kvBase;
+    T const* value = static_cast<T const*>(a.value) + kvBase;
+
+    float o[kD / 8][4];
+#pragma unroll
+    for (int32_t i = 0; i < kD / 8; ++i)
+    {
+        o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.F;
+    }
+    float m[2] = {-INFINITY, -INFINITY}; // rows lane / 4 and lane / 4 + 8
+    float l[2] = {0.F, 0.F};
+
+    int32_t const numTiles = ceilDiv(t.keyEnd - t.keyBegin, kBN);
+    if (numTiles > 0)
+    {
+        loadTileAsync<T, kD>(sKV, sKV + kBN * kSTRIDE, key, value, t.keyBegin, t.keyEnd);
+    }
+    cpAsyncCommit();
+    for (int32_t it = 0; it < numTiles; ++it)
+    {
+        int32_t const tileStart = t.keyBegin + it * kBN;
+        if (it + 1 < numTiles)
+        {
+            T* next = sKV + ((it + 1) % 2) * 2 * kBN * kSTRIDE;
+            loadTileAsync<T, kD>(next, next + kBN * kSTRIDE, key, value, tileStart + kBN, t.keyEnd);
+        }
+        cpAsyncCommit();
+        cpAsyncWait<1>(); // tile `it` has landed (the newest group may still be in flight)
+        __syncthreads();
+        T const* sK = sKV + (it % 2) * 2 * kBN * kSTRIDE;
+        float s[kNT][4];
+        scoreTile<T, kD, kNT>(s, qa, sK, keyRow0, lane);
+        onlineSoftmax<kNT, kD / 8>(s, m, l, o, tileStart + keyRow0, t.keyEnd, a.scaleLog2, lane);
+        accumulatePV<T, kD, kNT>(o, s, sK + kBN * kSTRIDE, keyRow0, lane);
+        __syncthreads(); // stage `it % 2` is refilled by iteration it + 1
+    }
+    cpAsyncWait<0>();
+    __syncthreads();
+    mergeAndStore<T, kD, kWarpsM, kWarpsN>(smemRaw, m, l, o, a, t, kvHead, split);
 }
 
 template <typename T, int32_t kD, int32_t kWarpsM, int32_t kWarpsN>

@@ -31,6 +31,9 @@ struct CrossAttnAttributes
     std::string check() const;
 };
 
+//! Reports the exception being handled (call inside catch) through TensorRT's logger, or stderr.
+void reportPluginException(char const* where) noexcept;
+
 class SlowFastCrossAttnPlugin : public nvinfer1::IPluginV3,
                                 public nvinfer1::IPluginV3OneCore,
                                 public nvinfer1::IPluginV3OneBuild,
@@ -80,6 +83,7 @@ private:
 
     CrossAttnAttributes mAttributes;
     kernels::CrossAttnShape mShape{}; //!< runtime shape from onShapeChange
+    size_t mWorkspaceBytes{0};        //!< workspace bound for mShape (<= what TensorRT reserved)
     int32_t mNumSms{0};
     int32_t mSmVersion{0};
     std::vector<nvinfer1::PluginField> mDataToSerialize;

@@ -67,13 +67,102 @@ __device__ __forceinline__ void loadRowsToSmem(float* dst, int32_t rows, RowPtr 
     }
 }
 
+//! Per-warp online-softmax state: kROWS_PER_WARP query vectors, lane owns d = lane + 32 i of each.
+template <int32_t kD>
+struct SimtState
+{
+    float m[kROWS_PER_WARP];
+    float l[kROWS_PER_WARP]; //!< per-lane partial sums, reduced in the epilogue
+    float o[kROWS_PER_WARP][kD / 32];
+};
+
+//! One key tile (valid keys 0 .. valid-1 of sK/sV): lane = key for the scores, lane = d for P V.
+template <int32_t kD>
+__device__ __forceinline__ void simtTile(SimtState<kD>& st, float const* sQ, float const* sK, float const* sV,
+    int32_t valid, float scaleLog2, int32_t warp, int32_t lane)
+{
+    constexpr int32_t kKSTRIDE = kD + 4;
+    float s[kROWS_PER_WARP];
+#pragma unroll
+    for (int32_t r = 0; r < kROWS_PER_WARP; ++r)
+    {
+        s[r] = 0.F;
+    }
+#pragma unroll 8
+    for (int32_t d = 0; d < kD; d += 4)
+    {
+        float4 const k4 = *reinterpret_cast<float4 const*>(&sK[lane * kKSTRIDE + d]);
+#pragma unroll
+        for (int32_t r = 0; r < kROWS_PER_WARP; ++r)
+        {
+            float4 const q4 = *reinterpret_cast<float4 const*>(&sQ[(warp * kROWS_PER_WARP + r) * kD + d]);
+            s[r] += q4.x * k4.x + q4.y * k4.y + q4.z * k4.z + q4.w * k4.w;
+        }
+    }
+    float p[kROWS_PER_WARP];
+#pragma unroll
+    for (int32_t r = 0; r < kROWS_PER_WARP; ++r)
+    {
+        float const scaled = lane < valid ? s[r] * scaleLog2 : -INFINITY;
+        float const mNew = fmaxf(st.m[r], warpMax(scaled)); // finite: the tile has >= 1 valid key
+        float const alpha = exp2f(st.m[r] - mNew);
+        p[r] = exp2f(scaled - mNew);
+        st.l[r] = st.l[r] * alpha + p[r];
+        st.m[r] = mNew;
+#pragma unroll
+        for (int32_t i = 0; i < kD / 32; ++i)
+        {
+            st.o[r][i] *= alpha;
+        }
+    }
+    for (int32_t n = 0; n < valid; ++n)
+    {
+#pragma unroll
+        for (int32_t r = 0; r < kROWS_PER_WARP; ++r)
+        {
+            float const pn = __shfl_sync(0xffffffffU, p[r], n);
+#pragma unroll
+            for (int32_t i = 0; i < kD / 32; ++i)
+            {
+                st.o[r][i] += pn * sV[n * kD + lane + 32 * i];
+            }
+        }
+    }
+}
+
+template <typename T, int32_t kD>
+__device__ __forceinline__ void simtStore(SimtState<kD> const& st, KernelArgs const& a, TileInfo const& t,
+    int32_t kvHead, int32_t split, int32_t warp, int32_t lane)
+{
+#pragma unroll
+    for (int32_t r = 0; r < kROWS_PER_WARP; ++r)
+    {
+        float const sum = warpSum(st.l[r]);
+        int32_t const vec = warp * kROWS_PER_WARP + r;
+        if (vec >= t.numVec)
+        {
+            continue;
+        }
+        int32_t const p = t.vecBegin + vec;
+        int32_t const row = t.rowBase + p / a.groupSize;
+        int64_t const base = vectorOffset(a, t, kvHead, p, kD);
+        float const inv = sum > 0.F ? 1.F / sum : 0.F;
+        float const lse = sum > 0.F ? st.m[r] + log2f(sum) : -INFINITY;
+#pragma unroll
+        for (int32_t i = 0; i < kD / 32; ++i)
+        {
+            int32_t const d = lane + 32 * i;
+            storeResult<T>(a, split, base + d, row, d, kD, st.o[r][i] * inv, lse);
+        }
+    }
+}
+
 template <typename T, int32_t kD>
 __global__ void __launch_bounds__(kTHREADS) simtKernel(KernelArgs const a)
 {
     constexpr int32_t kBM = kSIMT_BLOCK_ROWS;
     constexpr int32_t kBN = kSIMT_BLOCK_KEYS;
     constexpr int32_t kKSTRIDE = kD + 4; // 16-byte rows, conflict-free float4 reads by lane = key
-    constexpr int32_t kDPL = kD / 32;    // output elements per lane per vector
     __shared__ __align__(16) float sQ[kBM * kD];
     __shared__ __align__(16) float sK[kBN * kKSTRIDE];
     __shared__ __align__(16) float sV[kBN * kD];
@@ -91,114 +180,41 @@ __global__ void __launch_bounds__(kTHREADS) simtKernel(KernelArgs const a)
     {
         return;
     }
-
     T const* query = static_cast<T const*>(a.query);
     loadRowsToSmem<T, kD, kD>(sQ, kBM, [&](int32_t r) -> T const* {
-        int32_t const p = t.vecBegin + r;
-        return r < t.numVec ? query + vectorOffset(a, t, kvHead, p, kD) : nullptr;
+        return r < t.numVec ? query + vectorOffset(a, t, kvHead, t.vecBegin + r, kD) : nullptr;
     });
-
     int64_t const kvBase = (static_cast<int64_t>(t.batchIndex) * a.numKvHeads + kvHead) * a.slowTokens * kD;
     T const* key = static_cast<T const*>(a.key) + kvBase;
     T const* value = static_cast<T const*>(a.value) + kvBase;
     int32_t const warp = threadIdx.x / 32;
     int32_t const lane = threadIdx.x % 32;
 
-    float m[kROWS_PER_WARP];
-    float l[kROWS_PER_WARP];
-    float o[kROWS_PER_WARP][kDPL];
+    SimtState<kD> st;
 #pragma unroll
     for (int32_t r = 0; r < kROWS_PER_WARP; ++r)
     {
-        m[r] = -INFINITY;
-        l[r] = 0.F;
+        st.m[r] = -INFINITY;
+        st.l[r] = 0.F;
 #pragma unroll
-        for (int32_t i = 0; i < kDPL; ++i)
+        for (int32_t i = 0; i < kD / 32; ++i)
         {
-            o[r][i] = 0.F;
+            st.o[r][i] = 0.F;
         }
     }
-
     for (int32_t tileStart = t.keyBegin; tileStart < t.keyEnd; tileStart += kBN)
     {
         __syncthreads(); // previous tile fully consumed
         int32_t const valid = min(kBN, t.keyEnd - tileStart);
-        loadRowsToSmem<T, kD, kKSTRIDE>(sK, kBN,
-            [&](int32_t n) -> T const* { return n < valid ? key + static_cast<int64_t>(tileStart + n) * kD : nullptr; });
-        loadRowsToSmem<T, kD, kD>(sV, kBN,
-            [&](int32_t n) -> T const* { return n < valid ? value + static_cast<int64_t>(tileStart + n) * kD : nullptr; });
+        auto const keyRow = [&](T const* base, int32_t n) -> T const* {
+            return n < valid ? base + static_cast<int64_t>(tileStart + n) * kD : nullptr; // zero-fill past the chunk
+        };
+        loadRowsToSmem<T, kD, kKSTRIDE>(sK, kBN, [&](int32_t n) { return keyRow(key, n); });
+        loadRowsToSmem<T, kD, kD>(sV, kBN, [&](int32_t n) { return keyRow(value, n); });
         __syncthreads();
-
-        float s[kROWS_PER_WARP];
-#pragma unroll
-        for (int32_t r = 0; r < kROWS_PER_WARP; ++r)
-        {
-            s[r] = 0.F;
-        }
-#pragma unroll 8
-        for (int32_t d = 0; d < kD; d += 4)
-        {
-            float4 const k4 = *reinterpret_cast<float4 const*>(&sK[lane * kKSTRIDE + d]);
-#pragma unroll
-            for (int32_t r = 0; r < kROWS_PER_WARP; ++r)
-            {
-                float4 const q4 = *reinterpret_cast<float4 const*>(&sQ[(warp * kROWS_PER_WARP + r) * kD + d]);
-                s[r] += q4.x * k4.x + q4.y * k4.y + q4.z * k4.z + q4.w * k4.w;
-            }
-        }
-
-        float p[kROWS_PER_WARP];
-#pragma unroll
-        for (int32_t r = 0; r < kROWS_PER_WARP; ++r)
-        {
-            float const scaled = lane < valid ? s[r] * a.scaleLog2 : -INFINITY;
-            float const mNew = fmaxf(m[r], warpMax(scaled)); // finite: the tile has >= 1 valid key
-            float const alpha = exp2f(m[r] - mNew);
-            p[r] = exp2f(scaled - mNew);
-            l[r] = l[r] * alpha + p[r]; // per-lane partial sum, reduced after the loop
-            m[r] = mNew;
-#pragma unroll
-            for (int32_t i = 0; i < kDPL; ++i)
-            {
-                o[r][i] *= alpha;
-            }
-        }
-        for (int32_t n = 0; n < valid; ++n)
-        {
-#pragma unroll
-            for (int32_t r = 0; r < kROWS_PER_WARP; ++r)
-            {
-                float const pn = __shfl_sync(0xffffffffU, p[r], n);
-#pragma unroll
-                for (int32_t i = 0; i < kDPL; ++i)
-                {
-                    o[r][i] += pn * sV[n * kD + lane + 32 * i];
-                }
-            }
-        }
+        simtTile<kD>(st, sQ, sK, sV, valid, a.scaleLog2, warp, lane);
     }
-
-#pragma unroll
-    for (int32_t r = 0; r < kROWS_PER_WARP; ++r)
-    {
-        float const sum = warpSum(l[r]);
-        int32_t const vec = warp * kROWS_PER_WARP + r;
-        if (vec >= t.numVec)
-        {
-            continue;
-        }
-        int32_t const p = t.vecBegin + vec;
-        int32_t const row = t.rowBase + p / a.groupSize;
-        int64_t const base = vectorOffset(a, t, kvHead, p, kD);
-        float const inv = sum > 0.F ? 1.F / sum : 0.F;
-        float const lse = sum > 0.F ? m[r] + log2f(sum) : -INFINITY;
-#pragma unroll
-        for (int32_t i = 0; i < kDPL; ++i)
-        {
-            int32_t const d = lane + 32 * i;
-            storeResult<T>(a, split, base + d, row, d, kD, o[r][i] * inv, lse);
-        }
-    }
+    simtStore<T, kD>(st, a, t, kvHead, split, warp, lane);
 }
 
 } // namespace
