@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..config import CrossAttnConfig, TextConfig
-from .cross_attention import cross_attention_eager
+from .custom_op import cross_attention
 
 KV_CACHE_LAYOUT = "[batch, seq, kv_heads, head_dim]"
 SLOW_KV_LAYOUT = "[batch, kv_heads, slow_tokens, head_dim]"
@@ -177,7 +177,7 @@ class DecoderLayer(nn.Module):
         flat_attn = attn.reshape(bsz * length, width)
         attn_rows = flat_attn.index_select(0, cross_rows)
         q_rows = q.reshape(bsz * length, self.num_heads, self.head_dim).index_select(0, cross_rows)
-        out_rows = cross_attention_eager(
+        out_rows = cross_attention(
             q_rows, slow_key, slow_value, slow_lengths, cross_row_offsets,
             residual=attn_rows, gate=self.cross.gate(attn_rows),
         )

@@ -1,0 +1,297 @@
+"""Export the Slow-Fast model as ONNX subgraphs (tensor table: :mod:`slowfast_trt.export.specs`).
+
+:func:`export_all` writes, into one folder, for a given precision, frame count and maximum
+sequence length:
+
+* ``vision.onnx``: uint8 frames -> ConvNeXt features, normalisation folded in, dynamic N;
+* ``pooler.onnx``: features of T frames -> slow and fast tokens (T fixed: every branch of the
+  fast-token rule is resolved at export into static gathers and means);
+* ``slow_kv.onnx``: slow tokens -> slow K/V of every hybrid layer, dynamic Ns (run once per
+  video; the decoder never re-projects slow tokens);
+* ``decoder.onnx``: one graph with dynamic seq/past/slow_tokens/rows for prefill and for
+  ``attend``-mode decode steps; one ``SlowFastCrossAttention`` node per hybrid layer plus the
+  model-local function ONNX Runtime runs it with;
+* ``decoder_nocross.onnx``: the same decoder traced without cross-attention, for
+  ``upstream``-mode decode steps (no slow inputs at all, so no per-step slow work and no
+  empty tensors) and prompts without video. It stores no weights of its own: its initializers
+  point into ``decoder.onnx.data`` (same bytes, same regions), so the two graphs cost one copy
+  on disk. ``decoder.onnx`` also accepts R = 0 (tested in ONNX Runtime), and one attending row
+  with ``slow_lengths = 0`` gives exactly the no-cross result (contract: n = 0 -> ctx = 0), a
+  single-engine alternative for TensorRT where empty tensors are risky;
+* ``embed_tokens.npy``: the (vocab_rows, hidden) embedding table, gathered by the runtime
+  itself (a CPU gather from a memory-mapped file needs no device memory and no engine; a
+  Gather graph would hold a second GPU copy of ~1 GiB for 7B), in the export precision.
+
+Precisions: float32 and float16 (RMSNorm, softmax and the cross-attention stay float32 inside,
+as in the torch modules). bfloat16 is refused, see :data:`specs.PRECISIONS`.
+
+Memory: one subgraph at a time; the wrappers below hold references to the model's modules (no
+copies) and the weights never enter torch's ONNX proto: they are streamed to the data file one
+tensor at a time (:mod:`slowfast_trt.export.onnx_io`). Measured on a 470 MiB decoder: peak RSS
++78 MiB over the loaded model. ``export_all`` converts ``model`` in place to ``precision`` when
+it is not already in it.
+"""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..checkpoint import parse_dtype
+from ..model import SlowFastModel
+from ..preprocess import CLIP_MEAN, CLIP_STD
+from . import specs as S
+from .onnx_io import ExportGraph, export_graph
+from .visual_tokens import fast_frame_indices, pool_grid, uses_avg_pool3d, video_pooling_stride
+
+
+class VisionGraph(ExportGraph):
+    """uint8 (N, S, S, 3) -> (N, g*g, C): ``normalize`` of preprocess.py, then the tower."""
+
+    def __init__(self, vision: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.vision = vision
+        self.dtype = dtype
+        device = next(vision.parameters()).device
+        self.register_buffer("mean", torch.tensor(CLIP_MEAN, dtype=torch.float32, device=device), persistent=False)
+        self.register_buffer("std", torch.tensor(CLIP_STD, dtype=torch.float32, device=device), persistent=False)
+
+    def compute(self, frames: torch.Tensor) -> torch.Tensor:
+        # float32 x / 255 equals preprocess's float64 rescale cast to float32 for all 256 values.
+        x = (frames.to(torch.float32) / 255.0 - self.mean) / self.std
+        return self.vision(x.permute(0, 3, 1, 2).to(self.dtype))
+
+
+def fast_frame_bins(frames: int, visual) -> list[list[int]]:
+    """Source frames averaged into each fast frame: upstream's sampling + avg_pool3d or
+    adaptive pooling, resolved for a fixed frame count."""
+    if frames == 1:
+        return [[0]]
+    idx = fast_frame_indices(frames, visual.fast_temporal_sampling_stride, visual.min_fast_frames)
+    stride = visual.fast_temporal_stride
+    if stride <= 1:
+        return [[i] for i in idx]
+    if uses_avg_pool3d(frames, visual):
+        return [idx[i * stride : (i + 1) * stride] for i in range(len(idx) // stride)]
+    count, out = len(idx), min(len(idx), visual.min_fast_frames)
+    # adaptive_avg_pool: bin i covers floor(i*n/out) .. ceil((i+1)*n/out) - 1
+    return [idx[(i * count) // out : -((-(i + 1) * count) // out)] for i in range(out)]
+
+
+class PoolerGraph(ExportGraph):
+    """(T, g*g, C_vis) -> slow (T*n, hid), fast (Nf, hid) for a fixed T (static index/mean ops)."""
+
+    def __init__(self, projector: nn.Module, visual, frames: int):
+        super().__init__()
+        self.projector = projector
+        self.visual = visual
+        self.frames = frames
+        bins = fast_frame_bins(frames, visual)
+        # Bins grouped by size: one gather + one mean per size, then a gather back to bin order.
+        sizes = sorted({len(b) for b in bins})
+        self.groups = [(k, torch.tensor([i for b in bins if len(b) == k for i in b])) for k in sizes]
+        order = [n for k in sizes for n, b in enumerate(bins) if len(b) == k]
+        self.order = None if order == list(range(len(bins))) else torch.tensor(np.argsort(order))
+        self.identity = bins == [[i] for i in range(frames)]
+
+    def compute(self, features: torch.Tensor):
+        projected = self.projector(features)
+        pooled = pool_grid(projected, video_pooling_stride(self.frames, self.visual))
+        frames, n, channels = pooled.shape
+        slow = pooled.reshape(frames * n, channels)
+        fast = pooled if self.identity else self._temporal(pooled)
+        fast = pool_grid(fast, self.visual.fast_spatial_stride)
+        return slow, fast.reshape(-1, channels)
+
+    def _temporal(self, pooled: torch.Tensor) -> torch.Tensor:
+        _, n, channels = pooled.shape
+        parts = []
+        for size, index in self.groups:
+            whole = index.tolist() == list(range(pooled.shape[0]))  # e.g. contiguous equal bins
+            picked = pooled if whole else pooled.index_select(0, index.to(pooled.device))
+            parts.append(picked if size == 1 else picked.reshape(-1, size, n, channels).mean(1))
+        fast = parts[0] if len(parts) == 1 else torch.cat(parts, 0)
+        return fast if self.order is None else fast.index_select(0, self.order.to(pooled.device))
+
+
+class SlowKVGraph(ExportGraph):
+    """(1, Ns, hid) -> slow_key_0, slow_value_0, slow_key_1, ... (1, Hkv, Ns, D)."""
+
+    def __init__(self, decoder: nn.Module):
+        super().__init__()
+        self.decoder = decoder
+
+    def compute(self, slow_tokens: torch.Tensor):
+        keys, values = self.decoder.slow_kv(slow_tokens)
+        return tuple(t for pair in zip(keys, values) for t in pair)
+
+
+class DecoderGraph(ExportGraph):
+    """Flat-argument wrapper of :class:`HybridDecoder` in the order of the decoder spec."""
+
+    def __init__(self, decoder: nn.Module, cross: bool):
+        super().__init__()
+        self.decoder = decoder
+        self.cross = cross
+        self.num_layers = len(decoder.layers)
+        self.num_hybrid = len(decoder.hybrid_layer_ids)
+
+    def compute(self, inputs_embeds, position_ids, *tensors):
+        layers = 2 * self.num_layers
+        past, rest = tensors[:layers], tensors[layers:]
+        kwargs = {}
+        if self.cross:
+            slow = rest[: 2 * self.num_hybrid]
+            slow_lengths, cross_rows, cross_row_offsets = rest[2 * self.num_hybrid :]
+            kwargs = dict(
+                slow_keys=list(slow[0::2]),
+                slow_values=list(slow[1::2]),
+                slow_lengths=slow_lengths,
+                cross_rows=cross_rows,
+                cross_row_offsets=cross_row_offsets,
+            )
+        logits, keys, values = self.decoder(inputs_embeds, position_ids, list(past[0::2]), list(past[1::2]), **kwargs)
+        return (logits, *(t for pair in zip(keys, values) for t in pair))
+
+
+def _dynamic_axes(spec: S.SubgraphSpec) -> dict[str, dict[int, str]]:
+    return {
+        t.name: {axis: dim for axis, dim in enumerate(t.shape) if isinstance(dim, str)}
+        for t in spec.inputs + spec.outputs
+        if any(isinstance(dim, str) for dim in t.shape)
+    }
+
+
+def _example(spec: S.TensorSpec, sizes: dict[str, int], device, gen: torch.Generator) -> torch.Tensor:
+    """A random input of ``spec`` with the named dims set from ``sizes`` (never 0 or 1)."""
+    shape = tuple(sizes[d] if isinstance(d, str) else d for d in spec.shape)
+    if spec.dtype == "uint8":
+        return torch.randint(0, 256, shape, generator=gen, dtype=torch.uint8).to(device)
+    return torch.randn(shape, generator=gen).to(device=device, dtype=parse_dtype(spec.dtype))
+
+
+def _write(module, spec: S.SubgraphSpec, args, out_dir: Path, share: Path | None = None) -> S.SubgraphSpec:
+    shapes = {t.name: t.shape for t in spec.inputs + spec.outputs}
+    export_graph(
+        module,
+        args,
+        out_dir / spec.file,
+        spec.data_file,
+        spec.input_names,
+        spec.output_names,
+        shapes,
+        _dynamic_axes(spec),
+        custom_op=spec.name == S.DECODER,
+        share=share,
+    )
+    return spec
+
+
+def _prepare(model: SlowFastModel, out_dir: Path, precision: str, frames: int, max_seq_len: int):
+    specs = S.subgraph_specs(model.config, precision, frames, max_seq_len, vocab_rows=model.vocab_rows)
+    if model.vision.spec.stride != S.VISION_STRIDE:
+        raise ValueError(f"vision tower stride {model.vision.spec.stride} is not the supported {S.VISION_STRIDE}")
+    dtype = parse_dtype(precision)
+    if model.dtype != dtype:
+        model.to(dtype)  # in place: parameters are replaced one by one, never two full models
+    model.eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return specs, torch.Generator().manual_seed(0)
+
+
+def export_vision(model: SlowFastModel, out_dir: Path, precision: str, frames: int, max_seq_len: int) -> S.SubgraphSpec:
+    specs, gen = _prepare(model, Path(out_dir), precision, frames, max_seq_len)
+    spec = specs[S.VISION]
+    args = [_example(spec.inputs[0], {"frames": 2}, model.device, gen)]
+    return _write(VisionGraph(model.vision, model.dtype), spec, args, Path(out_dir))
+
+
+def export_pooler(model: SlowFastModel, out_dir: Path, precision: str, frames: int, max_seq_len: int) -> S.SubgraphSpec:
+    specs, gen = _prepare(model, Path(out_dir), precision, frames, max_seq_len)
+    spec = specs[S.POOLER]
+    args = [_example(spec.inputs[0], {}, model.device, gen)]
+    return _write(PoolerGraph(model.projector, model.config.visual, frames), spec, args, Path(out_dir))
+
+
+def export_slow_kv(
+    model: SlowFastModel, out_dir: Path, precision: str, frames: int, max_seq_len: int
+) -> S.SubgraphSpec:
+    specs, gen = _prepare(model, Path(out_dir), precision, frames, max_seq_len)
+    spec = specs[S.SLOW_KV]
+    args = [_example(spec.inputs[0], {"slow_tokens": 7}, model.device, gen)]
+    return _write(SlowKVGraph(model.decoder), spec, args, Path(out_dir))
+
+
+def decoder_example_inputs(spec: S.SubgraphSpec, device, gen: torch.Generator, seq=3, past=2, slow=5, rows=2) -> list:
+    """Trace inputs: sizes distinct and > 1 so no dimension is specialised; rows < seq attend."""
+    sizes = {"seq": seq, "past": past, "slow_tokens": slow, "rows": rows}
+    args = []
+    for t in spec.inputs:
+        if t.name == "position_ids":
+            args.append(torch.arange(past, past + seq, device=device)[None])
+        elif t.name == "slow_lengths":
+            args.append(torch.tensor([slow], dtype=torch.int32, device=device))
+        elif t.name == "cross_rows":
+            args.append(torch.arange(seq - rows, seq, device=device))
+        elif t.name == "cross_row_offsets":
+            args.append(torch.tensor([0, rows], dtype=torch.int32, device=device))
+        else:
+            args.append(_example(t, sizes, device, gen))
+    return args
+
+
+def export_decoder(
+    model: SlowFastModel, out_dir: Path, precision: str, frames: int, max_seq_len: int, cross: bool = True
+) -> S.SubgraphSpec:
+    """``decoder.onnx`` (cross=True) or ``decoder_nocross.onnx`` (cross=False; needs
+    ``decoder.onnx`` already written in ``out_dir``, whose data file it shares)."""
+    out_dir = Path(out_dir)
+    specs, gen = _prepare(model, out_dir, precision, frames, max_seq_len)
+    spec = specs[S.DECODER if cross else S.DECODER_NOCROSS]
+    share = None
+    if not cross:
+        share = out_dir / specs[S.DECODER].file
+        if not share.is_file():
+            raise ValueError(f"export_decoder(cross=False): {share} must be exported first (its data file is shared)")
+    args = decoder_example_inputs(spec, model.device, gen)
+    return _write(DecoderGraph(model.decoder, cross), spec, args, out_dir, share=share)
+
+
+def save_embedding(
+    model: SlowFastModel, out_dir: Path, precision: str, frames: int, max_seq_len: int
+) -> S.SubgraphSpec:
+    """``embed_tokens.npy``: (vocab_rows, hidden) in the export precision (``np.load(mmap_mode="r")``)."""
+    specs, _ = _prepare(model, Path(out_dir), precision, frames, max_seq_len)
+    spec = specs[S.EMBED]
+    np.save(Path(out_dir) / spec.file, model.embed_tokens.weight.detach().cpu().numpy())
+    return spec
+
+
+def export_all(
+    model: SlowFastModel,
+    out_dir: Path,
+    precision: str,
+    frames: int,
+    max_seq_len: int,
+    progress: Callable[[str], None] = lambda msg: None,
+) -> dict[str, S.SubgraphSpec]:
+    """Export every subgraph (and the embedding table) into ``out_dir``; returns their specs."""
+    steps = [
+        (S.EMBED, save_embedding, {}),
+        (S.VISION, export_vision, {}),
+        (S.POOLER, export_pooler, {}),
+        (S.SLOW_KV, export_slow_kv, {}),
+        (S.DECODER, export_decoder, {"cross": True}),
+        (S.DECODER_NOCROSS, export_decoder, {"cross": False}),
+    ]
+    done = {}
+    for n, (name, fn, kwargs) in enumerate(steps, 1):
+        progress(f"[{n}/{len(steps)}] {name}")
+        done[name] = fn(model, Path(out_dir), precision, frames, max_seq_len, **kwargs)
+        gc.collect()  # free the trace and the proto before the next graph
+    return done
