@@ -1,0 +1,380 @@
+"""``python -m slowfast_trt.export``: a checkpoint -> an export folder (ONNX graphs, manifest, engines).
+
+    python -m slowfast_trt.export --ckpt CKPT --out DIR [--backend tensorrt|onnxruntime]
+        [--precision fp32|fp16|bf16] [--frames N] [--max-seq-len L] [--onnx-only] [--force]
+
+The folder gets the ONNX subgraphs (``export_all``), the tokenizer files and ``config.json``
+of the checkpoint, and ``manifest.json`` (:mod:`slowfast_trt.export.manifest`). With
+``--backend tensorrt`` it also gets ``*.trt.onnx`` copies without the custom op's local
+function (what TensorRT parses), their lint results, and, unless ``--onnx-only``, engines.
+
+Everything is written into a temporary sibling folder (``.DIR.partial-*``) that is renamed to
+``DIR`` at the end: a failed export leaves nothing behind (a process killed with SIGKILL
+leaves its hidden partial folder), and with ``--force`` the old export survives a failed one.
+A non-empty ``DIR`` is refused without ``--force``, and ``--force`` only replaces a folder
+holding a ``manifest.json`` (a previous export). Progress goes to stderr; bad input ends
+with one ``error: ...`` line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+BACKENDS = ("tensorrt", "onnxruntime")
+DEFAULT_MAX_SEQ_LEN = 4096
+# Files of a checkpoint folder that are not weights: tokenizer, config, generation config.
+_COPY_SUFFIXES = {".json", ".txt", ".model", ".tiktoken"}
+_NOT_COPIED = {"model.safetensors.index.json", "pytorch_model.bin.index.json"}
+
+Progress = Callable[[str], None]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m slowfast_trt.export",
+        description="Export a Slow-Fast checkpoint to ONNX subgraphs (and TensorRT engines) with a manifest.",
+    )
+    p.add_argument("--ckpt", required=True, help="checkpoint directory or Hugging Face repo id")
+    p.add_argument("--out", required=True, help="export folder to create")
+    p.add_argument("--backend", choices=BACKENDS, default="tensorrt",
+                   help="tensorrt (default): ONNX, then engines; onnxruntime: ONNX only")
+    p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp16",
+                   help="weight and activation precision (default fp16)")
+    p.add_argument("--frames", type=int, default=None, help="frames per video (default: the checkpoint's training frames)")
+    p.add_argument("--max-seq-len", type=int, default=None, help=f"KV-cache length (default {DEFAULT_MAX_SEQ_LEN})")
+    p.add_argument("--onnx-only", action="store_true", help="with --backend tensorrt: stop after ONNX, build no engines")
+    p.add_argument("--force", action="store_true",
+                   help="replace a previous export in --out (it survives a failed export)")
+    return p
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    """Everything decided and validated before the first byte is written."""
+
+    ckpt: str
+    directory: Path
+    out: Path
+    backend: str
+    precision: str
+    frames: int
+    max_seq_len: int
+    build_engines: bool
+    visual_tokens: dict
+
+
+def stderr_progress() -> Progress:
+    start = time.perf_counter()
+
+    def progress(message: str) -> None:
+        print(f"[export {time.perf_counter() - start:7.1f}s] {message}", file=sys.stderr, flush=True)
+
+    return progress
+
+
+def tensorrt_missing() -> str | None:
+    """None when ``import tensorrt`` works, else why not."""
+    try:
+        import tensorrt  # noqa: F401
+    except Exception as exc:  # ImportError, or a broken install failing to load its libraries
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def check_output(out: Path, force: bool) -> None:
+    """``out`` must be absent, empty, or (with ``force``) a previous export folder.
+
+    ``--force`` never replaces a folder without ``manifest.json``: a mistyped ``--out ~`` must
+    not delete a home folder. Every folder this CLI writes has a manifest (it is renamed into
+    place only when complete).
+    """
+    from .manifest import MANIFEST_NAME
+
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not force:
+        raise ValueError(f"--out {out}: folder is not empty (use --force to replace a previous export)")
+    if not (out / MANIFEST_NAME).is_file():
+        raise ValueError(
+            f"--out {out}: not empty and not an export folder (no {MANIFEST_NAME}); --force only replaces exports"
+        )
+
+
+def visual_token_counts(frames: int, config, vision_grid: int) -> dict:
+    """Slow/fast token counts of a ``frames``-frame video, by running the real pooling code on zeros."""
+    import torch
+
+    from .visual_tokens import fast_frame_count, pool_grid, split_slow_fast, video_pooling_stride
+
+    if frames < 1:
+        raise ValueError(f"--frames must be >= 1, got {frames}")
+    visual = config.visual
+    where = (
+        f"the {vision_grid}x{vision_grid} grid of this checkpoint (mm_video_pooling_stride {visual.video_pooling_stride}, "
+        f"fast_token_spatial_stride {visual.fast_spatial_stride})"
+    )
+    features = torch.zeros(frames, vision_grid * vision_grid, 1)
+    try:
+        pooled = pool_grid(features, video_pooling_stride(frames, visual))
+        slow, fast = split_slow_fast(pooled, visual)
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(f"--frames {frames}: the visual pooling cannot run on {where}: {exc}") from None
+    if slow.shape[0] == 0 or fast.shape[0] == 0:
+        raise ValueError(f"--frames {frames}: gives {slow.shape[0]} slow / {fast.shape[0]} fast tokens on {where}")
+    return {
+        "slow": int(slow.shape[0]),
+        "fast": int(fast.shape[0]),
+        "slow_per_frame": int(pooled.shape[1]),
+        "fast_frames": fast_frame_count(frames, config.visual),
+        "vision_grid": vision_grid,
+    }
+
+
+def _default_frames(directory: Path) -> int:
+    raw = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    return int(raw.get("mm_training_video_frames") or 64)
+
+
+def plan_export(args) -> ExportPlan:
+    """Validate the arguments against the checkpoint (config and tensor headers only, no weights)."""
+    from ..checkpoint import CheckpointReader, resolve_checkpoint
+    from ..config import SlowFastConfig
+    from ..weight_names import vision_relative_shapes
+    from .convnext import ConvNeXtSpec
+
+    out = Path(args.out)
+    check_output(out, args.force)
+    if args.onnx_only and args.backend != "tensorrt":
+        raise ValueError("--onnx-only goes with --backend tensorrt (--backend onnxruntime builds no engines anyway)")
+    build_engines = args.backend == "tensorrt" and not args.onnx_only
+    if build_engines:
+        why = tensorrt_missing()
+        if why:
+            raise ValueError(
+                f"TensorRT is not installed: import tensorrt failed ({why}); use --onnx-only or --backend onnxruntime"
+            )
+    directory = resolve_checkpoint(args.ckpt)
+    if out.resolve() == directory.resolve() or out.resolve() in directory.resolve().parents:
+        raise ValueError(f"--out {out}: must not be the checkpoint folder {directory} or contain it")
+    config = SlowFastConfig.from_file(directory / "config.json")
+    reader = CheckpointReader(directory)
+    spec = ConvNeXtSpec.from_shapes(vision_relative_shapes(reader.shapes), source=config.source)
+    grid = config.visual.image_size // spec.stride
+    frames = args.frames if args.frames is not None else _default_frames(directory)
+    counts = visual_token_counts(frames, config, grid)
+    max_seq_len = args.max_seq_len if args.max_seq_len is not None else DEFAULT_MAX_SEQ_LEN
+    if max_seq_len <= counts["fast"]:
+        raise ValueError(
+            f"--max-seq-len {max_seq_len}: must exceed the {counts['fast']} fast tokens of {frames} frames "
+            "(they sit in the prompt with the text)"
+        )
+    if max_seq_len > config.text.max_position_embeddings:
+        raise ValueError(
+            f"--max-seq-len {max_seq_len}: exceeds max_position_embeddings "
+            f"{config.text.max_position_embeddings} of the checkpoint"
+        )
+    return ExportPlan(
+        ckpt=str(args.ckpt), directory=directory, out=out, backend=args.backend, precision=args.precision,
+        frames=frames, max_seq_len=max_seq_len, build_engines=build_engines, visual_tokens=counts,
+    )
+
+
+def make_stage(out: Path) -> Path:
+    """An empty temporary folder beside ``out`` (same file system, so the final rename is atomic)."""
+    parent = out.parent if str(out.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
+    except OSError as exc:
+        raise OSError(f"--out {out}: cannot write into {parent} ({exc.strerror or exc})") from None
+
+
+def commit_stage(stage: Path, out: Path) -> None:
+    """Put ``stage`` in place of ``out``; an existing ``out`` is kept until the new one is in place."""
+    if not out.exists():
+        os.rename(stage, out)
+        return
+    old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+    os.rename(out, old)
+    try:
+        os.rename(stage, out)
+    except OSError:
+        os.rename(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def copy_checkpoint_files(directory: Path, stage: Path) -> list[str]:
+    """Tokenizer files, config.json and generation_config.json (every non-weight top-level file)."""
+    copied = []
+    for f in sorted(directory.iterdir()):
+        if f.is_file() and f.suffix in _COPY_SUFFIXES and f.name not in _NOT_COPIED:
+            shutil.copy2(f, stage / f.name)
+            copied.append(f.name)
+    return copied
+
+
+def _relative(stage: Path, file: str | Path) -> str:
+    path = Path(file)
+    return str(path.relative_to(stage) if path.is_absolute() else path)
+
+
+def _build_engines(stage: Path, specs: dict, trt_files: dict[str, str], plan: ExportPlan, progress: Progress) -> dict:
+    """Hook for the engine build (``slowfast_trt.export.trt_build``, a later issue).
+
+    Expected: ``build_engines(stage, trt_files, specs, precision=, frames=, max_seq_len=,
+    progress=) -> {subgraph name: engine file relative to stage}``, building from the stripped
+    ``*.trt.onnx`` files. A failure raises; the stage folder is then removed by the caller.
+    """
+    try:
+        from . import trt_build
+    except ImportError as exc:
+        raise ValueError(f"the TensorRT engine build is not available in this version ({exc}); use --onnx-only") from None
+    progress("building TensorRT engines")
+    return trt_build.build_engines(
+        stage, trt_files, specs,
+        precision=plan.precision, frames=plan.frames, max_seq_len=plan.max_seq_len, progress=progress,
+    )
+
+
+def _tensorrt_files(stage: Path, specs: dict, plan: ExportPlan, progress: Progress) -> dict:
+    """Stripped ``*.trt.onnx`` copies (same external data), their lint, and the engines."""
+    from .strip_functions import strip_file
+    from .trt_lint import lint_model
+
+    trt_files, lint = {}, {}
+    for name, spec in specs.items():
+        if not str(spec.file).endswith(".onnx"):
+            continue  # e.g. the embedding table (.npy), read by the runtime itself
+        stripped = strip_file(stage / _relative(stage, spec.file))
+        trt_files[name] = _relative(stage, stripped)
+        lint[name] = lint_model(stripped, profile_dims=[dim[0] for dim in getattr(spec, "dims", ())])
+        for problem in lint[name]:
+            progress(f"warning: TensorRT lint: {trt_files[name]}: {problem}")
+    engines = _build_engines(stage, specs, trt_files, plan, progress) if plan.build_engines else None
+    return {"trt_files": trt_files, "trt_lint": lint, "engines": engines}
+
+
+def _config_entry(config) -> dict:
+    entry = asdict(config)
+    entry["derived"] = {
+        "head_dim": config.text.head_dim,
+        "kv_groups": config.text.kv_groups,
+        "hybrid_layers": list(config.cross_attn.hybrid_layers),
+        "text_rows_only": config.cross_attn.text_rows_only,
+    }
+    return entry
+
+
+def _layouts(config, plan: ExportPlan) -> dict:
+    from .qwen2 import KV_CACHE_LAYOUT, SLOW_KV_LAYOUT
+
+    text, dtype = config.text, PRECISIONS[plan.precision]
+    return {
+        "kv_cache": {
+            "layout": KV_CACHE_LAYOUT, "per_layer": text.num_layers, "dtype": dtype,
+            "shape": ["batch", plan.max_seq_len, text.num_kv_heads, text.head_dim],
+        },
+        "slow_kv": {
+            "layout": SLOW_KV_LAYOUT, "hybrid_layers": list(config.cross_attn.hybrid_layers), "dtype": dtype,
+            "shape": ["batch", text.num_kv_heads, plan.visual_tokens["slow"], text.head_dim],
+        },
+    }
+
+
+def build_manifest(
+    plan: ExportPlan, config, specs: dict, ckpt_hash: str, vocab_rows: int, copied: list[str], trt: dict
+) -> dict:
+    """The manifest.json content (keys: :mod:`slowfast_trt.export.manifest`)."""
+    from .. import __version__
+    from .cross_attention import op_schema
+    from .manifest import FORMAT, HASH_METHOD, subgraph_entry
+
+    schema = op_schema()
+    subgraphs = {name: subgraph_entry(spec) for name, spec in specs.items()}
+    for name, file in trt.get("trt_files", {}).items():
+        subgraphs[name]["trt_file"] = file
+    return {
+        "format": FORMAT,
+        "package_version": __version__,
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "source": {"checkpoint": plan.ckpt, "resolved": str(plan.directory), "hash": ckpt_hash, "hash_method": HASH_METHOD},
+        "config": _config_entry(config),
+        "precision": plan.precision,
+        "dtype": PRECISIONS[plan.precision],
+        "frames": plan.frames,
+        "max_seq_len": plan.max_seq_len,
+        "vocab_rows": vocab_rows,
+        "visual_tokens": plan.visual_tokens,
+        "subgraphs": subgraphs,
+        "custom_op": {"name": schema["name"], "domain": schema["domain"], "op_version": schema["op_version"]},
+        "layouts": _layouts(config, plan),
+        "backend": plan.backend,
+        "engines": trt.get("engines"),
+        "trt_lint": trt.get("trt_lint"),
+        "checkpoint_files": copied,
+    }
+
+
+def run_export(plan: ExportPlan, progress: Progress = lambda message: None) -> dict:
+    """Export into a temporary sibling of ``plan.out`` and rename it into place; returns the manifest."""
+    from ..checkpoint import load_model
+    from ..tokenizer import load_tokenizer
+    from .manifest import checkpoint_fingerprint, folder_files, write_manifest
+
+    try:
+        from .subgraphs import export_all
+    except ImportError as exc:
+        raise ValueError(f"the ONNX exporter is not available ({exc})") from None
+    progress(f"fingerprinting {plan.directory}")
+    ckpt_hash = checkpoint_fingerprint(plan.directory)
+    vocab_rows = len(load_tokenizer(plan.directory))
+    stage = make_stage(plan.out)
+    try:
+        progress(f"loading the checkpoint as {PRECISIONS[plan.precision]} (vocab rows {vocab_rows})")
+        model = load_model(plan.directory, dtype=PRECISIONS[plan.precision], vocab_rows=vocab_rows)
+        config = model.config
+        progress(f"exporting ONNX subgraphs ({plan.frames} frames, max_seq_len {plan.max_seq_len})")
+        specs = export_all(model, stage, PRECISIONS[plan.precision], plan.frames, plan.max_seq_len, progress=progress)
+        del model
+        gc.collect()
+        copied = copy_checkpoint_files(plan.directory, stage)
+        trt = _tensorrt_files(stage, specs, plan, progress) if plan.backend == "tensorrt" else {}
+        manifest = build_manifest(plan, config, specs, ckpt_hash, vocab_rows, copied, trt)
+        manifest["files"] = folder_files(stage)
+        write_manifest(stage, manifest)
+        commit_stage(stage, plan.out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    progress(f"done: {plan.out}")
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        plan = plan_export(args)
+        manifest = run_export(plan, stderr_progress())
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"exported {', '.join(manifest['subgraphs'])} ({plan.precision}, {plan.frames} frames, "
+        f"max_seq_len {plan.max_seq_len}, backend {plan.backend}) to {plan.out}"
+    )
+    return 0

@@ -1,0 +1,288 @@
+"""``python -m slowfast_trt.export`` on the tiny checkpoint.
+
+Most tests swap ``export_all`` for a fast stand-in (one hand-made ONNX graph with the custom
+op, its function and external data) to test the CLI itself: manifest, copied files, refusal
+of a non-empty folder, --force, and that a failure leaves nothing behind. The last tests run
+the real exporter end to end and lint every graph it writes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from slowfast_trt import __version__
+from slowfast_trt.export import cli
+from slowfast_trt.export.manifest import check_manifest, checkpoint_fingerprint, load_manifest
+from slowfast_trt.export.specs import SubgraphSpec, TensorSpec
+from slowfast_trt.export.trt_lint import lint_model
+from test_strip_functions import DATA_FILE, build_cross_attention_model, save_with_external_data
+
+TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json"}
+
+
+class FakeExporter:
+    """Stands in for ``subgraphs.export_all``; records its calls, can fail after writing."""
+
+    def __init__(self, fail: bool = False):
+        self.fail = fail
+        self.calls = []
+
+    def __call__(self, model, out_dir, precision, frames, max_seq_len, progress=lambda msg: None):
+        self.calls.append({"dtype": model.dtype, "precision": precision, "frames": frames, "max_seq_len": max_seq_len,
+                           "vocab_rows": model.vocab_rows, "out_dir": Path(out_dir)})
+        progress("fake decoder")
+        save_with_external_data(build_cross_attention_model(), Path(out_dir) / "decoder.onnx")
+        np.save(Path(out_dir) / "embed_tokens.npy", np.zeros((3, 2), dtype=np.float32))
+        if self.fail:
+            raise ValueError("fake export failure")
+        decoder = SubgraphSpec(
+            "decoder",
+            (TensorSpec("x", ("rows", 32), precision),),
+            (TensorSpec("output", ("rows", 32), precision),),
+            "decoder.onnx", (("rows", 0, max_seq_len), ("slow_tokens", 1, 1296)), DATA_FILE,
+        )
+        embed = SubgraphSpec("embed", (TensorSpec("token_ids", (1, "seq"), "int64"),),
+                             (TensorSpec("inputs_embeds", (1, "seq", 2), precision),), "embed_tokens.npy")
+        return {"decoder": decoder, "embed": embed}
+
+
+@pytest.fixture()
+def fake_export(monkeypatch):
+    exporter = FakeExporter()
+    module = types.ModuleType("slowfast_trt.export.subgraphs")
+    module.export_all = exporter
+    monkeypatch.setitem(sys.modules, "slowfast_trt.export.subgraphs", module)
+    return exporter
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    code = cli.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def base_args(ckpt, out, *extra):
+    return ["--ckpt", ckpt, "--out", out, "--backend", "onnxruntime", "--precision", "fp32",
+            "--frames", "16", "--max-seq-len", "2048", *extra]
+
+
+def _one_error(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def _leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
+
+
+def test_export_writes_folder_and_manifest(tiny_ckpt, tmp_path, capsys, fake_export):
+    out = tmp_path / "export"
+    code, stdout, err = run_cli(capsys, *base_args(tiny_ckpt, out))
+    assert code == 0, err
+    assert "[export" in err and "fake decoder" in err  # progress on stderr
+    assert str(out) in stdout
+    names = {p.name for p in out.iterdir()}
+    assert {"manifest.json", "config.json", "generation_config.json", "decoder.onnx", DATA_FILE} <= names
+    assert TOKENIZER_FILES <= names and "model.safetensors" not in names
+    assert (out / "config.json").read_bytes() == (tiny_ckpt / "config.json").read_bytes()
+    assert _leftovers(tmp_path) == []
+
+    (call,) = fake_export.calls
+    assert call["precision"] == "float32" and str(call["dtype"]) == "torch.float32"
+    assert (call["frames"], call["max_seq_len"]) == (16, 2048)
+    assert call["out_dir"].parent == tmp_path and call["out_dir"] != out  # staged beside --out
+
+    manifest = load_manifest(out)
+    check_manifest(manifest, __version__, ckpt_hash=checkpoint_fingerprint(tiny_ckpt))
+    assert manifest["package_version"] == __version__
+    assert manifest["source"]["checkpoint"] == str(tiny_ckpt) and "safetensors header" in manifest["source"]["hash_method"]
+    assert (manifest["precision"], manifest["dtype"], manifest["frames"], manifest["max_seq_len"]) == ("fp32", "float32", 16, 2048)
+    assert manifest["vocab_rows"] == call["vocab_rows"] < manifest["config"]["text"]["vocab_size"]
+    assert manifest["visual_tokens"]["slow"] == 1296 and manifest["visual_tokens"]["fast"] == 1296
+    assert manifest["config"]["derived"]["hybrid_layers"] == [0, 2]
+    assert manifest["custom_op"] == {"name": "SlowFastCrossAttention", "domain": "slowfast_trt", "op_version": 1}
+    assert manifest["layouts"]["kv_cache"]["layout"] == "[batch, seq, kv_heads, head_dim]"
+    assert manifest["layouts"]["slow_kv"]["shape"] == ["batch", 2, 1296, 16]
+    assert manifest["backend"] == "onnxruntime" and manifest["engines"] is None
+    decoder = manifest["subgraphs"]["decoder"]
+    assert decoder["inputs"] == [{"name": "x", "shape": ["rows", 32], "dtype": "float32"}]
+    assert decoder["dims"] == [["rows", 0, 2048], ["slow_tokens", 1, 1296]] and "trt_file" not in decoder
+    assert manifest["files"]["decoder.onnx"] == (out / "decoder.onnx").stat().st_size
+
+
+def test_refuses_non_empty_output_and_force_replaces(tiny_ckpt, tmp_path, capsys, fake_export):
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    code, _, err = run_cli(capsys, *base_args(tiny_ckpt, out))
+    assert code == 2 and "not empty" in _one_error(err) and "--force" in err
+    assert (out / "keep.txt").read_text() == "user data" and not fake_export.calls
+
+    # --force replaces previous exports only, never a folder of other files.
+    code, _, err = run_cli(capsys, *base_args(tiny_ckpt, out, "--force"))
+    assert code == 2 and "not an export folder" in _one_error(err)
+    assert (out / "keep.txt").read_text() == "user data" and not fake_export.calls
+    (out / "keep.txt").unlink()
+    assert run_cli(capsys, *base_args(tiny_ckpt, out))[0] == 0
+    (out / "stray.txt").write_text("from the old export")
+    code, _, err = run_cli(capsys, *base_args(tiny_ckpt, out, "--force", "--frames", "32"))
+    assert code == 0, err
+    assert not (out / "stray.txt").exists() and load_manifest(out)["frames"] == 32
+    assert _leftovers(tmp_path) == []
+    # Never over the checkpoint itself, even one that holds a manifest.json.
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_ckpt, ckpt)
+    (ckpt / "manifest.json").write_text("{}")
+    code, _, err = run_cli(capsys, *base_args(ckpt, ckpt, "--force"))
+    assert code == 2 and "must not be the checkpoint folder" in _one_error(err)
+    assert (ckpt / "model.safetensors").is_file()
+    # An existing empty folder is fine without --force.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run_cli(capsys, *base_args(tiny_ckpt, empty))[0] == 0
+
+
+def test_failed_export_leaves_nothing_and_force_keeps_old(tiny_ckpt, tmp_path, capsys, fake_export):
+    out = tmp_path / "export"
+    fake_export.fail = True
+    code, _, err = run_cli(capsys, *base_args(tiny_ckpt, out))
+    assert code == 2 and _one_error(err) == "error: fake export failure"
+    assert not out.exists() and _leftovers(tmp_path) == []
+
+    fake_export.fail = False
+    assert run_cli(capsys, *base_args(tiny_ckpt, out))[0] == 0
+    before = (out / "manifest.json").read_bytes()
+    fake_export.fail = True
+    code, _, err = run_cli(capsys, *base_args(tiny_ckpt, out, "--force"))
+    assert code == 2 and "fake export failure" in err
+    assert (out / "manifest.json").read_bytes() == before, "the old export must survive a failed --force export"
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        (["--frames", "0"], "--frames must be >= 1, got 0"),
+        (["--max-seq-len", "1296"], "--max-seq-len 1296: must exceed the 1296 fast tokens"),
+        (["--max-seq-len", "40000"], "exceeds max_position_embeddings 32768"),
+    ],
+)
+def test_bad_arguments(tiny_ckpt, tmp_path, capsys, fake_export, extra, fragment):
+    out = tmp_path / "export"
+    code, _, err = run_cli(capsys, *base_args(tiny_ckpt, out), *extra)
+    assert code == 2 and fragment in _one_error(err)
+    assert not out.exists() and not fake_export.calls and _leftovers(tmp_path) == []
+
+
+def test_frames_the_pooling_cannot_take(tiny_ckpt, tmp_path, capsys, fake_export):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_ckpt, ckpt)
+    config = json.loads((ckpt / "config.json").read_text())
+    config["fast_token_spatial_stride"] = 16  # 9x9 pooled grid / 16 -> no fast tokens
+    (ckpt / "config.json").write_text(json.dumps(config))
+    code, _, err = run_cli(capsys, *base_args(ckpt, tmp_path / "out"))
+    assert code == 2 and "--frames 16" in _one_error(err) and "fast_token_spatial_stride 16" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_corrupt_and_missing_checkpoint(tiny_ckpt, tmp_path, capsys, fake_export):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_ckpt, ckpt)
+    (ckpt / "model.safetensors").write_bytes(b"not a safetensors file")
+    code, _, err = run_cli(capsys, *base_args(ckpt, tmp_path / "out"))
+    assert code == 2 and "corrupt" in _one_error(err)
+    code, _, err = run_cli(capsys, *base_args(tmp_path / "nowhere", tmp_path / "out"))
+    assert code == 2 and "not found" in _one_error(err)
+    (ckpt / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    code, _, err = run_cli(capsys, *base_args(ckpt, tmp_path / "out"))
+    assert code == 2 and "model_type" in _one_error(err)
+    assert not (tmp_path / "out").exists() and not fake_export.calls
+
+
+def test_unwritable_output(tiny_ckpt, tmp_path, capsys, fake_export):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, _, err = run_cli(capsys, *base_args(tiny_ckpt, blocker / "export"))
+    assert code == 2 and "cannot write" in _one_error(err)
+    code, _, err = run_cli(capsys, *base_args(tiny_ckpt, blocker))
+    assert code == 2 and "not a folder" in _one_error(err)
+
+
+def test_tensorrt_missing_fails_before_writing(tiny_ckpt, tmp_path, capsys, fake_export, monkeypatch):
+    monkeypatch.setattr(cli, "tensorrt_missing", lambda: "ModuleNotFoundError: No module named 'tensorrt'")
+    out = tmp_path / "export"
+    args = ["--ckpt", tiny_ckpt, "--out", out, "--frames", "16"]  # --backend tensorrt is the default
+    code, _, err = run_cli(capsys, *args)
+    line = _one_error(err)
+    assert code == 2 and line.startswith("error: TensorRT is not installed: ")
+    assert line.endswith("use --onnx-only or --backend onnxruntime")
+    assert not out.exists() and not fake_export.calls and _leftovers(tmp_path) == []
+    code, _, err = run_cli(capsys, "--ckpt", tiny_ckpt, "--out", out, "--backend", "onnxruntime", "--onnx-only")
+    assert code == 2 and "--onnx-only goes with --backend tensorrt" in err
+
+
+def test_tensorrt_onnx_only_strips_and_lints(tiny_ckpt, tmp_path, capsys, fake_export):
+    out = tmp_path / "export"
+    code, _, err = run_cli(capsys, "--ckpt", tiny_ckpt, "--out", out, "--backend", "tensorrt", "--onnx-only",
+                           "--precision", "fp16", "--frames", "32", "--max-seq-len", "4096")
+    assert code == 0, err
+    manifest = load_manifest(out)
+    assert manifest["backend"] == "tensorrt" and manifest["engines"] is None
+    assert manifest["subgraphs"]["decoder"]["trt_file"] == "decoder.trt.onnx"
+    assert "trt_file" not in manifest["subgraphs"]["embed"]
+    assert manifest["trt_lint"] == {"decoder": []}
+    assert manifest["visual_tokens"]["slow"] == 2592 and manifest["visual_tokens"]["fast"] == 1296
+    assert lint_model(out / "decoder.trt.onnx") == []
+    assert len(lint_model(out / "decoder.onnx")) == 1  # the function, kept for ONNX Runtime
+
+
+@pytest.mark.parametrize("frames, slow, fast", [(1, 324, 324), (16, 1296, 1296), (32, 2592, 1296), (64, 5184, 1296), (96, 7776, 1944)])
+def test_visual_token_counts_match_the_released_model(tiny_ckpt, frames, slow, fast):
+    from slowfast_trt.config import SlowFastConfig
+    from slowfast_trt.export.specs import fast_token_count
+
+    config = SlowFastConfig.from_file(tiny_ckpt / "config.json")
+    counts = cli.visual_token_counts(frames, config, 18)
+    assert (counts["slow"], counts["fast"]) == (slow, fast)
+    assert fast_token_count(config, frames) == fast
+
+
+# ---- the real exporter ----------------------------------------------------------------------
+
+
+def _real_exporter_or_skip():
+    try:
+        from slowfast_trt.export.subgraphs import export_all  # noqa: F401
+    except ImportError as exc:  # the exporter is developed alongside this CLI
+        pytest.skip(f"slowfast_trt.export.subgraphs not available: {exc}")
+
+
+def test_real_export_tensorrt_onnx_only_lints_clean(tiny_ckpt, tmp_path):
+    _real_exporter_or_skip()
+    out = tmp_path / "export"
+    proc = subprocess.run(
+        [sys.executable, "-m", "slowfast_trt.export", "--ckpt", str(tiny_ckpt), "--out", str(out), "--backend", "tensorrt",
+         "--onnx-only", "--precision", "fp32", "--frames", "16", "--max-seq-len", "2048"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = load_manifest(out)
+    check_manifest(manifest, __version__, ckpt_hash=checkpoint_fingerprint(tiny_ckpt))
+    onnx_graphs = {name: entry for name, entry in manifest["subgraphs"].items() if entry["file"].endswith(".onnx")}
+    assert {"vision", "pooler", "slow_kv", "decoder"} <= set(onnx_graphs)
+    for name, entry in onnx_graphs.items():
+        assert (out / entry["file"]).is_file() and (out / entry["trt_file"]).is_file()
+        assert manifest["trt_lint"][name] == [], (name, manifest["trt_lint"][name])
+        assert lint_model(out / entry["trt_file"]) == []
+        if entry.get("data_file"):
+            assert (out / entry["data_file"]).is_file()
+    assert set(manifest["files"]) == {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} - {"manifest.json"}
