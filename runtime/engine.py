@@ -1,0 +1,235 @@
+"""The one small interface every backend implements, and the plain helpers they share.
+
+An :class:`Engine` runs one exported subgraph (``vision``, ``pooler``, ``slow_kv``,
+``decoder``, ...) with named inputs and outputs::
+
+    outputs = engine.run({"inputs_embeds": x, ...}, outputs={"logits": logits_buffer, ...})
+
+Tensors cross the interface as ``torch.Tensor`` on the engine's device: torch is a
+dependency anyway, and its tensors hand raw device pointers to ONNX Runtime's IO binding
+and to TensorRT without a copy. ``outputs`` may name caller-owned destination buffers (a
+slot of the KV cache, a preallocated logits row): the engine writes there and returns
+them; outputs not named are allocated by the engine. Work is queued on the engine's
+stream; :meth:`Engine.synchronize` waits for it (timings call it).
+
+Everything here is plain Python shared by the torch, ONNX Runtime and TensorRT engines so
+that it is tested without a GPU: the dtype tables, and the checks that feeds and output
+buffers match the engine's tensor descriptions.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+__all__ = [
+    "Engine",
+    "EngineError",
+    "TensorInfo",
+    "check_feeds",
+    "check_output_buffer",
+    "data_pointer",
+    "dtype_name",
+    "numpy_dtype",
+    "resolve_output_shape",
+    "torch_dtype",
+]
+
+# One table for every name a dtype goes by: our specs and manifests ("float16"), ONNX
+# Runtime type strings ("tensor(float16)"), TensorRT enum names ("HALF").
+_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "int8": torch.int8,
+    "uint8": torch.uint8,
+    "bool": torch.bool,
+}
+_ALIASES = {
+    "float": "float32",
+    "double": "float64",
+    "half": "float16",
+    "bf16": "bfloat16",
+    "fp32": "float32",
+    "fp16": "float16",
+    "int": "int32",
+    "long": "int64",
+}
+_EMPTY: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+
+
+class EngineError(ValueError):
+    """An engine file, its inputs or its outputs are not what the runtime expects."""
+
+
+def torch_dtype(name: str | torch.dtype | np.dtype) -> torch.dtype:
+    """``"float16"``, ``"tensor(float16)"``, ``"HALF"``, ``np.float16`` ... -> ``torch.float16``."""
+    if isinstance(name, torch.dtype):
+        return name
+    if isinstance(name, (np.dtype, type)):
+        return torch.from_numpy(np.zeros(0, dtype=name)).dtype
+    key = str(name).strip().lower()
+    if key.startswith("tensor(") and key.endswith(")"):
+        key = key[len("tensor(") : -1]
+    if key.startswith("datatype."):
+        key = key[len("datatype.") :]
+    key = _ALIASES.get(key, key)
+    if key not in _DTYPES:
+        raise EngineError(f"unsupported tensor dtype {name!r} (supported: {', '.join(_DTYPES)})")
+    return _DTYPES[key]
+
+
+def numpy_dtype(dtype: str | torch.dtype) -> np.dtype:
+    """The numpy dtype of a torch dtype (bfloat16 has none: an ``EngineError``)."""
+    dtype = torch_dtype(dtype)
+    if dtype == torch.bfloat16:
+        raise EngineError("bfloat16 has no numpy dtype; bind it by pointer instead")
+    return torch.zeros(0, dtype=dtype).numpy().dtype
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    for name, value in _DTYPES.items():
+        if value == dtype:
+            return name
+    raise EngineError(f"unsupported tensor dtype {dtype}")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One named input or output: dtype name and shape, with ``str`` for symbolic dimensions."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+
+    def matches(self, shape: Sequence[int]) -> bool:
+        if len(shape) != len(self.shape):
+            return False
+        return all(not isinstance(want, int) or want < 0 or want == got for want, got in zip(self.shape, shape))
+
+
+def _fmt(shape) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+def check_feeds(engine: str, inputs: Sequence[TensorInfo], feeds: Mapping[str, torch.Tensor]) -> None:
+    """Every input present, none unknown, dtypes and fixed dimensions as described."""
+    names = {info.name for info in inputs}
+    missing = [info.name for info in inputs if info.name not in feeds]
+    unknown = sorted(set(feeds) - names)
+    if missing or unknown:
+        raise EngineError(
+            f"{engine}: feeds do not match the engine's inputs"
+            + (f"; missing {', '.join(missing)}" if missing else "")
+            + (f"; unknown {', '.join(unknown)}" if unknown else "")
+        )
+    for info in inputs:
+        tensor = feeds[info.name]
+        if tensor.dtype != torch_dtype(info.dtype):
+            raise EngineError(f"{engine}: input {info.name} has dtype {dtype_name(tensor.dtype)}, expected {info.dtype}")
+        if not info.matches(tensor.shape):
+            raise EngineError(f"{engine}: input {info.name} has shape {_fmt(tensor.shape)}, expected {_fmt(info.shape)}")
+
+
+def check_output_buffer(engine: str, name: str, buffer: torch.Tensor, shape: Sequence[int], dtype: torch.dtype) -> None:
+    """A caller-owned output buffer must have exactly the output's shape and dtype and be dense."""
+    if tuple(buffer.shape) != tuple(shape) or buffer.dtype != dtype:
+        raise EngineError(
+            f"{engine}: output buffer {name} is {_fmt(buffer.shape)} {dtype_name(buffer.dtype)}, "
+            f"the engine produces {_fmt(shape)} {dtype_name(dtype)}"
+        )
+    if not buffer.is_contiguous():
+        raise EngineError(f"{engine}: output buffer {name} must be contiguous")
+
+
+def resolve_output_shape(engine: str, output: TensorInfo, inputs: Sequence[TensorInfo],
+                         feeds: Mapping[str, torch.Tensor]) -> tuple[int, ...] | None:
+    """Concrete shape of an output whose symbolic dimensions all appear in some input's shape.
+
+    The exporter names dynamic dimensions consistently (``seq``, ``past``, ``frames``,
+    ``slow_tokens``), so e.g. ``new_key_0`` (1, "seq", 2, 16) takes ``seq`` from
+    ``inputs_embeds``. Returns None when a dimension is not determined by the inputs.
+    """
+    sizes: dict[str, int] = {}
+    for info in inputs:
+        tensor = feeds[info.name]
+        for dim, size in zip(info.shape, tensor.shape):
+            if isinstance(dim, str):
+                if sizes.setdefault(dim, int(size)) != int(size):
+                    raise EngineError(
+                        f"{engine}: dimension {dim!r} is {sizes[dim]} in one input and {int(size)} in {info.name}"
+                    )
+    shape = []
+    for dim in output.shape:
+        if isinstance(dim, int) and dim >= 0:
+            shape.append(dim)
+        elif isinstance(dim, str) and dim in sizes:
+            shape.append(sizes[dim])
+        else:
+            return None
+    return tuple(shape)
+
+
+def data_pointer(tensor: torch.Tensor) -> int:
+    """Device address of a dense tensor; an empty tensor gets a valid dummy address.
+
+    Engines need a non-null address even for zero-size tensors (``cross_rows`` when no row
+    attends, ``past_*`` at position 0), and an empty torch tensor may have address 0.
+    """
+    if not tensor.is_contiguous():
+        raise EngineError(f"tensor of shape {_fmt(tensor.shape)} must be contiguous to be bound by pointer")
+    if tensor.numel() == 0 or tensor.data_ptr() == 0:
+        key = (tensor.dtype, tensor.device)
+        if key not in _EMPTY:
+            _EMPTY[key] = torch.zeros(16, dtype=tensor.dtype, device=tensor.device)
+        return _EMPTY[key].data_ptr()
+    return tensor.data_ptr()
+
+
+class Engine(ABC):
+    """One subgraph with named inputs and outputs, run on one device stream."""
+
+    name: str
+    device: torch.device
+
+    @property
+    @abstractmethod
+    def inputs(self) -> tuple[TensorInfo, ...]:
+        """Input descriptions, in the graph's order."""
+
+    @property
+    @abstractmethod
+    def outputs(self) -> tuple[TensorInfo, ...]:
+        """Output descriptions, in the graph's order."""
+
+    @abstractmethod
+    def run(
+        self, feeds: Mapping[str, torch.Tensor], outputs: Mapping[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Run once; write outputs into the given buffers, allocate the others; return all outputs."""
+
+    def synchronize(self) -> None:
+        """Wait for the work queued by :meth:`run` (a no-op on CPU)."""
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()
+
+    def close(self) -> None:
+        """Release the engine's resources; the default has none to release."""
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(info.name for info in self.inputs)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(info.name for info in self.outputs)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, device={self.device})"

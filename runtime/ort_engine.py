@@ -1,0 +1,153 @@
+"""ONNX Runtime engines with IO binding: tensors are bound by address, never copied through host memory.
+
+Every input is bound at the address of the caller's torch tensor (on CPU, host memory; with
+the CUDA provider, device memory), and every output either at the address of a buffer the
+caller passes (the KV cache slot ``[P:P+L]`` of each layer, a preallocated logits row) or at
+a torch tensor this engine allocates from the shape the inputs determine. A decode step
+therefore reads the past K/V where the cache keeps them and writes the new rows straight
+into the cache: no copy, no allocation of cache-sized buffers.
+
+bfloat16 graphs are not run here (ONNX Runtime's Python binding has no bfloat16 element
+type); use float32/float16 exports, or TensorRT.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
+
+from .engine import (
+    Engine,
+    EngineError,
+    TensorInfo,
+    check_output_buffer,
+    data_pointer,
+    dtype_name,
+    numpy_dtype,
+    resolve_output_shape,
+    torch_dtype,
+)
+
+__all__ = ["OrtEngine", "cuda_provider_available", "ort_providers"]
+
+
+def cuda_provider_available() -> bool:
+    """ONNX Runtime has its CUDA provider and torch can allocate the device buffers it binds."""
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available()
+
+
+def ort_providers(device: torch.device) -> list:
+    if device.type == "cuda":
+        return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def _infos(args) -> tuple[TensorInfo, ...]:
+    out = []
+    for arg in args:
+        shape = tuple(d if isinstance(d, int) else (str(d) if d is not None else "?") for d in arg.shape)
+        out.append(TensorInfo(arg.name, dtype_name(torch_dtype(arg.type)), shape))
+    return tuple(out)
+
+
+class OrtEngine(Engine):
+    """One ONNX graph in an ``InferenceSession``, run with IO binding on ``device``."""
+
+    def __init__(self, name: str, path: str | Path, device: torch.device | str = "cpu", threads: int | None = None):
+        import onnxruntime as ort
+
+        self.name = name
+        self.device = torch.device(device)
+        path = Path(path)
+        if not path.is_file():
+            raise EngineError(f"{name}: engine file {path} not found")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: the custom-domain function inlining is expected
+        if threads is not None:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        try:
+            self._session = ort.InferenceSession(str(path), options, providers=ort_providers(self.device))
+        except Exception as exc:  # ONNX Runtime raises its own exception types for bad files
+            raise EngineError(f"{name}: ONNX Runtime cannot load {path} ({type(exc).__name__}: {exc})") from None
+        self._inputs = _infos(self._session.get_inputs())
+        self._outputs = _infos(self._session.get_outputs())
+        for info in self._inputs + self._outputs:
+            if torch_dtype(info.dtype) == torch.bfloat16:
+                raise EngineError(f"{name}: {info.name} is bfloat16, which ONNX Runtime's IO binding cannot bind; "
+                                  "export with --precision fp16 or fp32, or use TensorRT")
+        self._binding = self._session.io_binding()
+        self._device_type = "cuda" if self.device.type == "cuda" else "cpu"
+        self._device_id = self.device.index or 0
+
+    @property
+    def inputs(self) -> tuple[TensorInfo, ...]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> tuple[TensorInfo, ...]:
+        return self._outputs
+
+    def _bind(self, kind: str, name: str, tensor: torch.Tensor) -> None:
+        if tensor.device != self.device and not (tensor.device.type == self.device.type == "cpu"):
+            raise EngineError(f"{self.name}: {name} is on {tensor.device}, the engine runs on {self.device}")
+        bind = self._binding.bind_input if kind == "input" else self._binding.bind_output
+        bind(name, self._device_type, self._device_id, numpy_dtype(tensor.dtype), tuple(tensor.shape), data_pointer(tensor))
+
+    def run(self, feeds: Mapping[str, torch.Tensor], outputs: Mapping[str, torch.Tensor] | None = None):
+        outputs = dict(outputs or {})
+        unknown = sorted(set(outputs) - set(self.output_names))
+        if unknown:
+            raise EngineError(f"{self.name}: unknown output buffers {', '.join(unknown)}")
+        binding = self._binding
+        binding.clear_binding_inputs()
+        binding.clear_binding_outputs()
+        for info in self._inputs:
+            if info.name not in feeds:
+                raise EngineError(f"{self.name}: missing input {info.name}")
+            self._bind("input", info.name, feeds[info.name])
+        result = {}
+        for info in self._outputs:
+            shape = resolve_output_shape(self.name, info, self._inputs, feeds)
+            buffer = outputs.get(info.name)
+            if shape is None:
+                raise EngineError(f"{self.name}: cannot tell the shape of output {info.name} {info.shape} from the inputs")
+            if buffer is None:
+                buffer = torch.empty(shape, dtype=torch_dtype(info.dtype), device=self.device)
+            else:
+                check_output_buffer(self.name, info.name, buffer, shape, torch_dtype(info.dtype))
+            self._bind("output", info.name, buffer)
+            result[info.name] = buffer
+        if self._device_type == "cuda":
+            # ONNX Runtime runs on its own stream: the inputs written on torch's stream must be ready.
+            torch.cuda.current_stream(self.device).synchronize()
+        try:
+            self._session.run_with_iobinding(binding)
+            if self._device_type == "cuda":
+                binding.synchronize_outputs()
+        except Exception as exc:
+            raise EngineError(f"{self.name}: ONNX Runtime failed ({type(exc).__name__}: {exc})") from None
+        return result
+
+    def synchronize(self) -> None:
+        # run() returns with the outputs ready (on CUDA it synchronizes the outputs itself).
+        pass
+
+    def close(self) -> None:
+        self._binding = None
+        self._session = None
+
+
+def load_ort_engines(directory: Path, files: Mapping[str, str], device: torch.device, threads: int | None,
+                     names: Sequence[str]) -> dict[str, OrtEngine]:
+    """Open the ``names`` subgraphs listed in ``files`` (subgraph -> relative ONNX path)."""
+    engines = {}
+    for name in names:
+        if name not in files:
+            raise EngineError(f"{directory}: the manifest lists no {name} graph")
+        engines[name] = OrtEngine(name, directory / files[name], device, threads)
+    return engines

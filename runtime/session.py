@@ -1,0 +1,477 @@
+"""Video sessions: one encoded video, the KV cache of one conversation about it, and generation.
+
+A session keeps what a follow-up question can reuse: the fast tokens, the slow K/V of every
+hybrid layer (computed once per video, read by every prefill and, in ``attend`` mode, every
+decode step), and the KV cache of the conversation so far.
+
+How a follow-up equals asking with the whole history from scratch
+-----------------------------------------------------------------
+The reference answers a follow-up by tokenizing the whole conversation text (the previous
+answer included) and prefilling it. The session computes the same prompt ids, then finds
+how many leading rows of its KV cache hold exactly what that prefill would compute, and
+prefills only the rest. A cached row qualifies when its id matches (the previous answer is
+re-tokenized from its text, which may differ from the sampled ids, e.g. a stop string cut
+it or the ``"\\n\\n"`` merge at the assistant header, see ``followup_text``) and when it
+was computed as a prompt row is: prompt rows always; generated rows only in ``attend``
+decode mode, where they cross-attended like the prompt's text rows do. In ``upstream``
+mode generated rows did not cross-attend, so the cache rolls back to the end of the
+previous prompt and the answer is prefilled again as attending text rows (its tokens
+only). No vision work and no re-prefill of the video happen in either mode.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from ..config import SlowFastConfig
+from ..preprocess import resize_and_center_crop
+from ..prompt import DEFAULT_SYSTEM, VIDEO_TOKEN_ID, ChatTurn, Conversation, PromptTokens, stop_token_ids, tokenize_prompt
+from ..reference import GenerationResult, _apply_stop_strings, _hits_stop_string
+from ..sampling import SamplingParams, TokenSampler
+from ..sequence import SequenceLayout, attend_to_rows, decode_rows_attend, prefill_attend_mask
+from ..detokenize import TextStream
+from .engine import Engine
+from .kv_cache import DecoderRunner, KVCache, KVCacheSpec, slow_kv_names
+
+__all__ = [
+    "RuntimeModel",
+    "RuntimeResult",
+    "VideoSession",
+    "VideoState",
+    "check_frames",
+    "common_prefix",
+    "row_ids",
+    "sampling_params",
+]
+
+
+@dataclass
+class RuntimeResult(GenerationResult):
+    """A :class:`GenerationResult` plus what the session reused: rows prefilled and rows kept."""
+
+    prefill_rows: int = 0
+    reused_rows: int = 0
+    backend: str = ""
+
+    def to_json(self) -> dict:
+        out = super().to_json()
+        out.update(prefill_rows=self.prefill_rows, reused_rows=self.reused_rows, backend=self.backend)
+        return out
+
+
+def row_ids(ids: tuple[int, ...], video_index: int | None, num_fast: int) -> list[int]:
+    """Prompt ids with the video placeholder expanded to one ``VIDEO_TOKEN_ID`` per fast row."""
+    if video_index is None:
+        return list(ids)
+    return list(ids[:video_index]) + [VIDEO_TOKEN_ID] * num_fast + list(ids[video_index + 1 :])
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix of two id lists."""
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def sampling_params(**sampling) -> SamplingParams:
+    """``SamplingParams`` from keyword arguments; unknown names are a ``ValueError`` naming them."""
+    known = set(SamplingParams.__dataclass_fields__)
+    unknown = sorted(set(sampling) - known)
+    if unknown:
+        raise ValueError(f"unknown sampling argument(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    for key in ("stop_token_ids", "stop_strings"):
+        if key in sampling and not isinstance(sampling[key], tuple):
+            value = sampling[key]
+            sampling[key] = (value,) if isinstance(value, (str, int)) else tuple(value)
+    return SamplingParams(**sampling)
+
+
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1e3
+
+
+class VideoState:
+    """An encoded video: fast tokens for the prompt and the slow K/V of every hybrid layer."""
+
+    def __init__(self, fast, slow, slow_keys, slow_values, frames: int, timings_ms: dict[str, float]):
+        self.fast = fast  # (Nf, hidden)
+        self.slow = slow  # (1, Ns, hidden), kept for the benchmark's recompute baseline
+        self.slow_keys = list(slow_keys)  # per hybrid layer (1, Hkv, Ns, D)
+        self.slow_values = list(slow_values)
+        self.slow_lengths = torch.full((1,), int(slow.shape[1]), dtype=torch.int32, device=slow.device)
+        self.frames = frames
+        self.timings_ms = timings_ms
+
+    @property
+    def num_fast(self) -> int:
+        return int(self.fast.shape[0])
+
+    @property
+    def num_slow(self) -> int:
+        return int(self.slow.shape[1])
+
+    def recompute_slow_kv(self, model: "RuntimeModel") -> None:
+        """Run the slow K/V projection again into the same buffers (what upstream does per step)."""
+        names = slow_kv_names(len(self.slow_keys))
+        outputs = {}
+        for (k_name, v_name), k, v in zip(names, self.slow_keys, self.slow_values):
+            outputs[k_name], outputs[v_name] = k, v
+        model.engines["slow_kv"].run({"slow_tokens": self.slow}, outputs=outputs)
+
+    def release(self) -> None:
+        self.fast = self.slow = None
+        self.slow_keys, self.slow_values = [], []
+
+
+@dataclass
+class RuntimeModel:
+    """What generation needs besides per-conversation state: engines, embeddings, sizes.
+
+    ``embed_table`` (vocab_rows, hidden) may stay on the host (the exported table is a
+    memory-mapped file): rows are gathered where it lives and moved to ``device``.
+    """
+
+    engines: dict[str, Engine]
+    config: SlowFastConfig
+    tokenizer: object
+    embed_table: torch.Tensor
+    max_seq_len: int
+    frames: int | None  # the engines' fixed frame count; None: any (torch backend)
+    backend: str
+    device: torch.device
+    dtype: torch.dtype
+    vision_batch: int | None = None  # frames per vision call (bounds activation memory); None: all
+
+    def synchronize(self) -> None:
+        self.engines["decoder"].synchronize()
+
+    def kv_spec(self, max_len: int | None = None) -> KVCacheSpec:
+        text = self.config.text
+        return KVCacheSpec(text.num_layers, text.num_kv_heads, text.head_dim, max_len or self.max_seq_len,
+                           self.dtype, self.device)
+
+    def embed_ids(self, ids) -> torch.Tensor:
+        table = self.embed_table
+        rows = table.index_select(0, torch.as_tensor(ids, dtype=torch.long, device=table.device))
+        return rows.to(device=self.device, dtype=self.dtype)
+
+    def embed_rows(self, prompt: PromptTokens, layout: SequenceLayout, video: VideoState | None, start: int):
+        """(1, L, hidden) embeddings of the prompt rows ``start ..`` (text ids and fast tokens merged)."""
+        pieces = []
+        before = prompt.text_ids_before
+        if start < len(before):
+            pieces.append(self.embed_ids(before[start:]))
+        if prompt.video_index is not None:
+            if video is None:
+                raise ValueError("prompt has a video placeholder but no video was encoded")
+            video_end = layout.before + layout.num_fast
+            if start < video_end:
+                pieces.append(video.fast[max(0, start - layout.before):].to(self.dtype))
+            after = prompt.text_ids_after[max(0, start - video_end):]
+            if after:
+                pieces.append(self.embed_ids(after))
+        return torch.cat(pieces)[None]
+
+    def encode_frames(self, frames: np.ndarray, timings: dict[str, float]) -> VideoState:
+        """uint8 (T, H, W, 3) frames -> :class:`VideoState`: crop, vision, pooler, slow K/V once."""
+        check_frames(frames, self.frames)
+        start = time.perf_counter()
+        crop = resize_and_center_crop(frames, self.config.visual.image_size)
+        timings["preprocess_ms"] = _ms(start)
+        pixels = torch.from_numpy(crop).to(self.device)
+        stages = {}
+        for stage, run in (("vision", lambda: self._vision(pixels)),
+                           ("pooler", lambda: self.engines["pooler"].run({"features": stages["vision"]["features"]})),
+                           ("slow_kv", lambda: self.engines["slow_kv"].run(
+                               {"slow_tokens": _batched(stages["pooler"]["slow_tokens"])}))):
+            start = time.perf_counter()
+            stages[stage] = run()
+            self.engines[stage].synchronize()
+            timings[f"{stage}_ms"] = _ms(start)
+        names = slow_kv_names(len(self.config.cross_attn.hybrid_layers))
+        out = stages["slow_kv"]
+        fast = stages["pooler"]["fast_tokens"]
+        return VideoState(
+            fast.reshape(-1, fast.shape[-1]), _batched(stages["pooler"]["slow_tokens"]),
+            [out[k] for k, _ in names], [out[v] for _, v in names], int(frames.shape[0]), timings,
+        )
+
+
+    def _vision(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The vision tower over all frames, or over chunks of ``vision_batch`` frames written
+        into one features tensor (frames are independent; chunks bound the activations)."""
+        engine, batch, total = self.engines["vision"], self.vision_batch, int(pixels.shape[0])
+        if not batch or batch >= total:
+            return engine.run({"frames": pixels})
+        first = engine.run({"frames": pixels[:batch]})["features"]
+        features = torch.empty((total, *first.shape[1:]), dtype=first.dtype, device=first.device)
+        features[:batch].copy_(first)
+        for start in range(batch, total, batch):
+            chunk = pixels[start:start + batch]
+            engine.run({"frames": chunk}, outputs={"features": features[start:start + len(chunk)]})
+        return {"features": features}
+
+
+def _batched(slow: torch.Tensor) -> torch.Tensor:
+    return slow[None] if slow.dim() == 2 else slow
+
+
+@dataclass
+class _Turn:
+    """One question in flight: its conversation, prompt and the state of decoding."""
+
+    conversation: Conversation
+    layout: SequenceLayout
+    params: SamplingParams
+    timings: dict[str, float]
+    prefill_rows: int
+    reused_rows: int
+    ids: list[int] = field(default_factory=list)
+    reason: str = "length"
+    first_logits: torch.Tensor | None = None
+
+
+class VideoSession:
+    """A conversation about one video (or a text-only chat when ``video`` is None).
+
+    Obtain one from ``SlowFastRuntime.open_video``; ask with :meth:`ask` or :meth:`stream`;
+    :meth:`close` frees the video and the KV cache (or use it as a context manager). Not
+    thread-safe: one question at a time per runtime.
+    """
+
+    def __init__(self, model: RuntimeModel, runner: DecoderRunner, video: VideoState | None, kv: KVCache,
+                 decode_mode: str = "upstream", system: str = DEFAULT_SYSTEM, on_close=None, owns_video: bool = True):
+        self._model = model
+        self._runner = runner
+        self._video = video
+        self._kv = kv
+        self.decode_mode = decode_mode
+        self._rows_attend = decode_rows_attend(decode_mode)
+        self._conversation = Conversation(system=system, has_video=video is not None)
+        self._rows: list[int] = []  # ids of the cached rows that equal a from-scratch prefill
+        self._on_close = on_close
+        self._owns_video = owns_video
+        self._stop_ids = set(stop_token_ids(model.tokenizer))
+        self._video_timings_pending = True
+        # Benchmark switches: recompute the slow K/V before every decode step (upstream's cost),
+        # and generate exactly max_new_tokens whatever the model samples.
+        self.recompute_slow_kv_per_step = False
+        self.ignore_stop_tokens = False
+        self.last_result: RuntimeResult | None = None
+
+    # -- public API -------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._kv is None
+
+    @property
+    def conversation(self) -> Conversation:
+        """A copy of the conversation so far."""
+        self._check_open()
+        return self._copy_conversation()
+
+    @property
+    def video(self) -> VideoState | None:
+        return self._video
+
+    @property
+    def cached_rows(self) -> int:
+        return 0 if self._kv is None else self._kv.length
+
+    def ask(self, question: str, **sampling) -> RuntimeResult:
+        """Answer ``question`` given the conversation so far; the answer joins the history.
+
+        ``sampling``: fields of :class:`slowfast_trt.sampling.SamplingParams`
+        (``max_new_tokens``, ``temperature``, ``top_p``, ``top_k``, ``repetition_penalty``,
+        ``stop_token_ids``, ``stop_strings``, ``seed``).
+        """
+        return self._ask(question, sampling_params(**sampling))
+
+    def _ask(self, question: str, params: SamplingParams) -> RuntimeResult:
+        turn = self._begin(question, params)
+        for _ in self._decode(turn):
+            pass
+        return self.last_result
+
+    def stream(self, question: str, **sampling) -> TextStream:
+        """Like :meth:`ask`, but iterate the returned stream for text pieces as they decode.
+
+        The prompt is checked and prefilled before this returns; ``stream.result`` holds the
+        full result once the iteration is over. An abandoned stream leaves the history as it was.
+        """
+        return self._stream(question, sampling_params(**sampling))
+
+    def _stream(self, question: str, params: SamplingParams, on_done=None) -> TextStream:
+        turn = self._begin(question, params)
+        return TextStream(self._model.tokenizer, self._decode(turn), params.stop_strings,
+                          result=lambda: self.last_result, on_done=on_done)
+
+    def reset(self) -> None:
+        """Forget the conversation but keep the video; the cached system and video rows stay reusable."""
+        self._check_open()
+        self._conversation = Conversation(system=self._conversation.system, has_video=self._video is not None)
+
+    def close(self) -> None:
+        """Free the encoded video (if this session encoded it) and give the KV cache back; idempotent."""
+        if self._kv is None:
+            return
+        kv, self._kv = self._kv, None
+        if self._video is not None:
+            if self._owns_video:
+                self._video.release()
+            self._video = None
+        self._rows = []
+        if self._on_close is not None:
+            self._on_close(kv)
+        else:
+            kv.release()
+
+    def __enter__(self) -> "VideoSession":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # -- prefill ----------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._kv is None:
+            raise ValueError("this video session is closed; open a new one with SlowFastRuntime.open_video")
+
+    def _copy_conversation(self) -> Conversation:
+        conv = self._conversation
+        return Conversation(system=conv.system, has_video=conv.has_video, turns=conv.turns)
+
+    def _begin(self, question: str, params: SamplingParams) -> _Turn:
+        """Validate, build the prompt, roll the cache back to its reusable prefix and prefill the rest.
+
+        Every check happens before the cache is touched, so an error leaves the session as it was.
+        """
+        self._check_open()
+        conversation = self._copy_conversation()
+        conversation.add_question(question)
+        prompt = tokenize_prompt(self._model.tokenizer, conversation.prompt_text())
+        num_fast = self._video.num_fast if self._video is not None else 0
+        layout = SequenceLayout.of(prompt, num_fast)
+        limit = self._kv.max_len
+        if layout.length + params.max_new_tokens > limit:
+            raise ValueError(
+                f"prompt of {layout.length} rows ({num_fast} video rows + {layout.length - num_fast} text tokens) + "
+                f"max_new_tokens {params.max_new_tokens} exceeds the maximum sequence length {limit}"
+            )
+        rows = row_ids(prompt.ids, prompt.video_index, num_fast)
+        # At least one row must be prefilled to get the next token's logits.
+        keep = min(common_prefix(self._rows, rows), len(rows) - 1)
+        self._kv.rollback(keep)
+        self._rows = self._rows[:keep]
+        timings = self._video_timings()
+        embeds = self._model.embed_rows(prompt, layout, self._video, keep)
+        attend = prefill_attend_mask(layout, self._model.config.cross_attn, self._video is not None)[keep:]
+        cross_rows, offsets = attend_to_rows(attend)
+        positions = torch.arange(keep, layout.length, dtype=torch.int64, device=self._model.device)[None]
+        start = time.perf_counter()
+        logits = self._runner.step(self._kv, self._video, embeds, positions, cross_rows, offsets)
+        self._runner.synchronize()
+        timings["prefill_ms"] = _ms(start)
+        self._rows = rows
+        # A copy: the runner's logits buffer is shared, and another session may prefill before
+        # this turn's first token is sampled (two interleaved streams).
+        return _Turn(conversation, layout, params, timings, layout.length - keep, keep, first_logits=logits.clone())
+
+    def _video_timings(self) -> dict[str, float]:
+        # The video's own timings go with the first answer only: later ones did no video work.
+        if self._video is None or not self._video_timings_pending:
+            return {}
+        self._video_timings_pending = False
+        return dict(self._video.timings_ms)
+
+    # -- decode -----------------------------------------------------------------------------
+
+    def _decode(self, turn: _Turn) -> Iterator[int]:
+        """Yield generated ids (the reference's loop, step for step); finish the turn at the end."""
+        params, ids = turn.params, turn.ids
+        sampler = TokenSampler(params)
+        stops = set() if self.ignore_stop_tokens else self._stop_ids | set(params.stop_token_ids)
+        attend = self._video is not None and self._rows_attend
+        length = turn.layout.length
+        start = time.perf_counter()
+        token = sampler(turn.first_logits, ids)
+        turn.first_logits = None
+        decode_start = None
+        while True:
+            if token in stops:
+                turn.reason = "stop"
+                break
+            ids.append(token)
+            if len(ids) == 1:
+                turn.timings["ttft_ms"] = turn.timings["prefill_ms"] + _ms(start)
+                decode_start = time.perf_counter()
+            yield token
+            if len(ids) >= params.max_new_tokens or _hits_stop_string(self._model.tokenizer, ids, params.stop_strings):
+                turn.reason = "length" if len(ids) >= params.max_new_tokens else "stop_string"
+                break
+            if self.recompute_slow_kv_per_step and self._video is not None:
+                self._video.recompute_slow_kv(self._model)
+            logits = self._runner.decode_step(self._kv, self._video, token, length, attend)
+            if attend:
+                self._rows.append(token)
+            length += 1
+            token = sampler(logits, ids)
+        self._runner.synchronize()
+        if decode_start is not None:
+            turn.timings["decode_ms_per_token"] = _ms(decode_start) / max(len(ids) - 1, 1)
+        self._finish(turn)
+
+    def _finish(self, turn: _Turn) -> None:
+        text = self._model.tokenizer.decode(turn.ids, skip_special_tokens=True)
+        text, reason = _apply_stop_strings(text, turn.reason, turn.params.stop_strings)
+        conversation = turn.conversation
+        try:
+            conversation.set_answer(text)
+        except ValueError:
+            # The answer spells a reserved string (e.g. "<image>"): the template cannot hold it,
+            # so this turn is not kept in the history; the cache prefix stays valid regardless.
+            conversation = Conversation(self._conversation.system, self._conversation.has_video,
+                                        turns=[ChatTurn(t.question, t.answer) for t in conversation.turns[:-1]])
+        self._conversation = conversation
+        video = self._video
+        self.last_result = RuntimeResult(
+            text=text,
+            token_ids=list(turn.ids),
+            finish_reason=reason,
+            frames=video.frames if video is not None else 0,
+            slow_tokens=video.num_slow if video is not None else 0,
+            fast_tokens=video.num_fast if video is not None else 0,
+            prompt_tokens=turn.layout.length,
+            timings_ms=turn.timings,
+            prefill_rows=turn.prefill_rows,
+            reused_rows=turn.reused_rows,
+            backend=self._model.backend,
+        )
+
+
+def check_frames(frames: np.ndarray, expected: int | None) -> None:
+    """A frame array must be uint8 (T, H, W, 3) with exactly the engines' frame count."""
+    if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        desc = f"{frames.dtype} {frames.shape}" if isinstance(frames, np.ndarray) else type(frames).__name__
+        raise ValueError(f"video frames must be a uint8 array of shape (T, H, W, 3), got {desc}")
+    if expected is not None and frames.shape[0] != expected:
+        raise ValueError(
+            f"video has {frames.shape[0]} frames but the engines were exported for exactly {expected} "
+            f"(the pooler has a fixed frame count); pass a video file to sample {expected} frames, "
+            f"or export engines with --frames {frames.shape[0]}"
+        )
