@@ -1,6 +1,7 @@
-"""The built-in default for the README's main command: a tiny generated checkpoint and a
-generated sample video, written once into a cache folder. Random weights: the answer is noise,
-but every stage of the real pipeline runs.
+"""The built-in default for the README's main command: a tiny generated checkpoint, a
+generated sample video and an ONNX export of the checkpoint, written once into a cache folder.
+Random weights: the answer is noise, but every stage of the real pipeline runs (export, then
+the runtime on the exported graphs).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from pathlib import Path
 
 DEFAULT_ROOT = Path(os.path.expanduser("~")) / ".cache" / "slowfast_trt" / "demo"
 DEMO_QUESTION = "What is happening in this video?"
+DEMO_FRAMES = 16
 
 
 def ensure_demo_assets(root: str | Path | None = None) -> tuple[Path, Path]:
@@ -25,3 +27,19 @@ def ensure_demo_assets(root: str | Path | None = None) -> tuple[Path, Path]:
         root.mkdir(parents=True, exist_ok=True)
         write_sample_video(video, num_frames=48)
     return ckpt, video
+
+
+def ensure_demo_export(root: str | Path | None = None, progress=print) -> Path:
+    """An ONNX Runtime export (fp32, 16 frames) of the demo checkpoint, created on first use."""
+    from .export.cli import main as export_main
+
+    root = Path(root) if root is not None else DEFAULT_ROOT
+    ckpt, _ = ensure_demo_assets(root)
+    out = root / f"tiny-slowfast-onnx-{DEMO_FRAMES}f"
+    if not (out / "manifest.json").is_file():
+        progress(f"exporting the demo checkpoint to {out} ...")
+        argv = ["--ckpt", str(ckpt), "--out", str(out), "--backend", "onnxruntime", "--precision", "fp32",
+                "--frames", str(DEMO_FRAMES), "--max-seq-len", "2048", "--force"]
+        if export_main(argv) != 0:
+            raise ValueError(f"exporting the demo checkpoint to {out} failed (see above)")
+    return out

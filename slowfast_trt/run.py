@@ -5,7 +5,7 @@
         [--decode-mode upstream|attend] [--backend auto|tensorrt|onnxruntime|torch]
         [--stream] [--json OUT]
     python -m slowfast_trt.run --engines DIR --video FILE --interactive   # questions from stdin
-    python -m slowfast_trt.run --demo      # built-in tiny checkpoint and sample video
+    python -m slowfast_trt.run --demo      # export the built-in tiny checkpoint, run it on a sample video
 
 ``--engines`` runs an export folder (TensorRT when it has engines and TensorRT is present,
 else ONNX Runtime); ``--ckpt`` runs the checkpoint eagerly in PyTorch (the reference).
@@ -64,10 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _resolve_inputs(args) -> tuple[str, str | None, str | None]:
     """(model source, video, question); the question may come from stdin in interactive mode."""
     if args.demo:
-        from .demo_assets import DEMO_QUESTION, ensure_demo_assets
+        from .demo_assets import DEMO_QUESTION, ensure_demo_assets, ensure_demo_export
 
-        ckpt, video = ensure_demo_assets()
-        source = args.engines or args.ckpt or str(ckpt)
+        _, video = ensure_demo_assets()
+        # The main job end to end: export the built-in checkpoint once, then run the engines.
+        source = args.engines or args.ckpt or str(ensure_demo_export(progress=lambda m: print(m, file=sys.stderr)))
         return str(source), str(args.video or video), args.question or (None if args.interactive else DEMO_QUESTION)
     if args.ckpt and args.engines:
         raise ValueError("give either --ckpt or --engines, not both")
