@@ -133,10 +133,19 @@ def _constant_names(model: ModelProto) -> set[str]:
     return names
 
 
+def _has_int4_weights(model: ModelProto) -> bool:
+    int4 = {TensorProto.INT4, TensorProto.UINT4}
+    return any(init.data_type in int4 for init in model.graph.initializer)
+
+
 def _check_opsets(model: ModelProto, table: dict) -> list[str]:
     problems = []
+    # INT4 only exists from opset 21 on; the same parser that lists opset 20 as its maximum
+    # imports blockwise INT4 DequantizeLinear (its operator table lists INT4), so a weight-only
+    # INT4 model may import opset 21. Every op in it is still checked against the table.
+    opset_max = table["opset_max"] + (1 if _has_int4_weights(model) else 0)
     for imp in model.opset_import:
-        if imp.domain in _DEFAULT_DOMAINS and not table["opset_min"] <= imp.version <= table["opset_max"]:
+        if imp.domain in _DEFAULT_DOMAINS and not table["opset_min"] <= imp.version <= opset_max:
             problems.append(
                 f"opset {imp.version}: TensorRT {table['tensorrt_version']} supports ONNX opsets "
                 f"{table['opset_min']}..{table['opset_max']}; export with an opset in that range"

@@ -256,6 +256,16 @@ def test_int4_graph_structure_and_storage(int4_export):
     assert not any(p.name.endswith("int4-tmp") for p in out.iterdir())
 
 
+def test_int4_decoder_passes_the_tensorrt_lint_once_stripped(int4_export, tmp_path):
+    from slowfast_trt.export.strip_functions import strip_local_functions
+    from slowfast_trt.export.trt_lint import lint_model
+
+    _, out, _, _ = int4_export
+    model = onnx.load(str(out / "decoder.onnx"), load_external_data=False)
+    problems = lint_model(strip_local_functions(model))
+    assert problems == [], problems  # opset 21 is accepted because the weights are INT4
+
+
 def test_int4_decoder_equals_dequantized_torch_model(int4_export):
     """The graph computes exactly the folded model with quantize-dequantized projections."""
     _, out, specs, folded = int4_export
