@@ -332,7 +332,7 @@ def build_manifest(
 
 def run_export(plan: ExportPlan, progress: Progress = lambda message: None) -> dict:
     """Export into a temporary sibling of ``plan.out`` and rename it into place; returns the manifest."""
-    from ..checkpoint import load_model
+    from ..checkpoint import open_model
     from ..tokenizer import load_tokenizer
     from .manifest import checkpoint_fingerprint, folder_files, write_manifest
 
@@ -345,8 +345,10 @@ def run_export(plan: ExportPlan, progress: Progress = lambda message: None) -> d
     vocab_rows = len(load_tokenizer(plan.directory))
     stage = make_stage(plan.out)
     try:
-        progress(f"loading the checkpoint as {PRECISIONS[plan.precision]} (vocab rows {vocab_rows})")
-        model = load_model(plan.directory, dtype=PRECISIONS[plan.precision], vocab_rows=vocab_rows)
+        # Names and shapes only: each subgraph's weights are read from the checkpoint while it
+        # is exported, and freed after it (memory: the trace and a few blocks, not the model).
+        progress(f"opening the checkpoint as {PRECISIONS[plan.precision]} (vocab rows {vocab_rows})")
+        model = open_model(plan.directory, dtype=PRECISIONS[plan.precision], vocab_rows=vocab_rows)
         config = model.config
         progress(f"exporting ONNX subgraphs ({plan.frames} frames, max_seq_len {plan.max_seq_len})")
         specs = export_all(model, stage, PRECISIONS[plan.precision], plan.frames, plan.max_seq_len, progress=progress)

@@ -3,23 +3,33 @@
 Memory: ``torch.onnx.export`` would serialise every weight into the proto (several full
 copies at once: the C++ proto, its serialised bytes, constant-folded transposes of every
 Linear weight). Here every tensor of ``INLINE_BYTES`` or more enters the trace as an extra
-graph input instead, so torch's proto holds only the graph and small constants; afterwards
-each such input becomes an initializer whose bytes are streamed from the module's own tensor
-to the data file, one tensor at a time. A weight only read through ``Transpose(perm=[1, 0])``
-(Linear on 3-D input) is written transposed and the Transpose dropped, as constant folding
-would have done.
+graph input instead, for every graph size, so torch's proto holds only the graph and small
+constants; afterwards each such input becomes an external initializer whose bytes are written
+to the data file block by block (:data:`BLOCK_BYTES`), never as a whole extra copy. The bytes
+come from the module's own tensor, or, for a tensor that is only a shape stub during the trace
+(``streams``: the exporter reading a checkpoint part by part), from a row-block stream such as
+:meth:`slowfast_trt.checkpoint.CheckpointWeights.row_blocks`. A weight only read through
+``Transpose(perm=[1, 0])`` (Linear on 3-D input) is written transposed and the Transpose
+dropped, as constant folding would have done: from a loaded tensor in column blocks, from a
+stream by scattering each row block into the columns of its region. No weight is ever copied
+whole.
 
 ``decoder_nocross.onnx`` shares ``decoder.onnx.data``: initializers with the same name, dtype
-and shape point at the regions already written. Anything that rewrites such a proto must keep
-its external-data references (``onnx.load(..., load_external_data=False)``, then ``onnx.save``).
+and shape point at the regions already written (and are not read again). Anything that
+rewrites such a proto must keep its external-data references
+(``onnx.load(..., load_external_data=False)``, then ``onnx.save``).
 """
 
 from __future__ import annotations
 
+import mmap
+import os
 import tempfile
 import warnings
+from functools import partial
 from itertools import chain
 from pathlib import Path
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 import onnx
@@ -34,6 +44,14 @@ from .onnx_function import FUNCTION_OPSET, add_cross_attention_function
 OPSET = FUNCTION_OPSET  # 17: LayerNormalization is native; TensorRT 10 parses up to 20
 INLINE_BYTES = 1024  # smaller tensors stay in the proto (norm biases of tiny models, constants)
 _ALIGN = 4096  # large tensors start on a page boundary (mmap-friendly)
+BLOCK_BYTES = 16 << 20  # what one write to a data file holds at most (besides the source tensor)
+_ONNX_TYPES = {
+    torch.float32: onnx.TensorProto.FLOAT, torch.float16: onnx.TensorProto.FLOAT16,
+    torch.bfloat16: onnx.TensorProto.BFLOAT16, torch.float64: onnx.TensorProto.DOUBLE,
+    torch.int64: onnx.TensorProto.INT64, torch.int32: onnx.TensorProto.INT32, torch.int16: onnx.TensorProto.INT16,
+    torch.int8: onnx.TensorProto.INT8, torch.uint8: onnx.TensorProto.UINT8, torch.bool: onnx.TensorProto.BOOL,
+}
+Blocks = Callable[[], Iterable["torch.Tensor | np.ndarray"]]
 
 
 class ExportGraph(nn.Module):
@@ -71,6 +89,9 @@ def large_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
 def _export(module: ExportGraph, args, weights, path: Path, input_names, output_names, dynamic_axes, custom_op) -> None:
     register_onnx_symbolic(OPSET)
     module.weight_inputs = tuple(weights)
+    # Fresh aliases (no copy): the trace must see graph inputs, never the module's own
+    # parameters, which torch would serialise into its proto as initializers.
+    inputs = tuple(t.detach() for t in weights.values())
     try:
         with torch.no_grad(), warnings.catch_warnings():
             # The TorchScript exporter is deprecated in favour of dynamo (which needs onnxscript);
@@ -78,7 +99,7 @@ def _export(module: ExportGraph, args, weights, path: Path, input_names, output_
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 module,
-                tuple(args) + tuple(weights.values()),
+                tuple(args) + inputs,
                 str(path),
                 dynamo=False,
                 opset_version=OPSET,
@@ -129,7 +150,8 @@ def _external(name: str, data_type: int, dims, location: str, offset: int, lengt
 
 
 class DataFile:
-    """Appends tensors to one external-data file; ``regions`` maps names already in it."""
+    """Writes tensors to one external-data file (appending to it when it is shared); ``regions``
+    maps names already in it. Writes go to explicit offsets (``os.pwrite``)."""
 
     def __init__(self, path: Path, share: Path | None):
         self.path, self.regions = path, {}
@@ -140,27 +162,107 @@ class DataFile:
                 if external_data_helper.uses_external_data(tensor):
                     info = external_data_helper.ExternalDataInfo(tensor)
                     self.regions[tensor.name] = (tensor.data_type, tuple(tensor.dims), info.offset, info.length)
-        self.handle = open(path, "ab")
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        self.end = os.fstat(self.fd).st_size
 
-    def add(self, name: str, array: np.ndarray, reuse: bool) -> onnx.TensorProto:
-        data_type = helper.np_dtype_to_tensor_dtype(array.dtype)
+    def close(self) -> None:
+        os.ftruncate(self.fd, self.end)  # a region's alignment gap before it is a hole: zeros
+        os.close(self.fd)
+
+    def _write(self, data: memoryview, offset: int) -> None:
+        while len(data):
+            written = os.pwrite(self.fd, data, offset)
+            data, offset = data[written:], offset + written
+
+    def add(
+        self, name: str, data_type: int, shape, blocks: Blocks, reuse: bool, transposed_rows: bool = False
+    ) -> onnx.TensorProto:
+        """An external initializer for ``name``; ``blocks()`` (consecutive pieces of the
+        row-major bytes, tensors or arrays) is only called when no reusable region exists.
+
+        ``transposed_rows``: ``shape`` is (C, R) and ``blocks()`` gives row blocks of the
+        (R, C) matrix it is the transpose of; each block is scattered to its column of the
+        region (C writes per block), so the matrix is never held whole.
+        """
+        shape = tuple(int(d) for d in shape)
         region = self.regions.get(name) if reuse else None
-        if region is None or region[:2] != (data_type, array.shape):
-            offset = self.handle.tell()
-            self.handle.write(b"\0" * (-offset % _ALIGN))
-            offset += -offset % _ALIGN
-            self.handle.write(memoryview(np.ascontiguousarray(array)).cast("B"))
-            region = (data_type, array.shape, offset, array.nbytes)
+        if region is None or region[:2] != (data_type, shape):
+            itemsize = _itemsize(data_type)
+            length = int(np.prod(shape, dtype=np.int64)) * itemsize
+            offset = self.end + (-self.end % _ALIGN)
+            written = 0
+            for block in blocks():
+                if transposed_rows:
+                    rows = block.shape[0]
+                    raw, segment = as_bytes(_mapped_copy(block.t())), rows * itemsize
+                    first = offset + written // shape[0]  # column of the first row of this block
+                    for j in range(shape[0]):
+                        self._write(raw[j * segment : (j + 1) * segment], first + j * shape[1] * itemsize)
+                    written += len(raw)
+                else:
+                    raw = as_bytes(block)
+                    self._write(raw, offset + written)
+                    written += len(raw)
+                del block, raw  # freed before the source makes its next block
+            if written != length:
+                raise RuntimeError(f"{name}: wrote {written} bytes, expected {length} for {shape}")
+            self.end = max(self.end, offset + length)
+            region = (data_type, shape, offset, length)
             self.regions[name] = region
-        return _external(name, data_type, array.shape, self.path.name, region[2], region[3])
+        return _external(name, data_type, shape, self.path.name, region[2], region[3])
+
+
+def _mapped_copy(tensor: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy in its own anonymous mapping, returned to the OS when freed (a
+    malloc'd block of this size would stay in glibc's heap)."""
+    if tensor.numel() == 0 or not hasattr(mmap, "MAP_ANONYMOUS"):
+        return tensor.contiguous()
+    buffer = mmap.mmap(-1, tensor.numel() * tensor.element_size(), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return torch.frombuffer(buffer, dtype=tensor.dtype).view(tensor.shape).copy_(tensor)
+
+
+def _itemsize(data_type: int) -> int:
+    return np.dtype(helper.tensor_dtype_to_np_dtype(data_type)).itemsize
+
+
+def as_bytes(block) -> memoryview:
+    """The bytes of a tensor or array block (contiguous; a view where it already is)."""
+    if isinstance(block, torch.Tensor):
+        block = block.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
+    return memoryview(np.ascontiguousarray(block).reshape(-1).view(np.uint8))
+
+
+def row_blocks(tensor: torch.Tensor, max_bytes: int | None = None) -> Iterable[torch.Tensor]:
+    """``tensor`` as views of consecutive dim-0 blocks of at most about ``max_bytes``."""
+    tensor = tensor.detach()
+    if tensor.dim() == 0:
+        yield tensor
+        return
+    row_bytes = max(1, tensor[0].numel() * tensor.element_size())
+    step = max(1, (max_bytes or BLOCK_BYTES) // row_bytes)
+    for start in range(0, tensor.shape[0], step):
+        yield tensor[start : start + step]
+
+
+def transposed_blocks(matrix: torch.Tensor, max_bytes: int | None = None) -> Iterable[torch.Tensor]:
+    """The rows of ``matrix.t()`` in blocks: ``matrix[:, a:b].t()``, one contiguous block at a time."""
+    matrix = matrix.detach()
+    step = max(1, (max_bytes or BLOCK_BYTES) // max(1, matrix.shape[0] * matrix.element_size()))
+    for start in range(0, matrix.shape[1], step):
+        yield _mapped_copy(matrix[:, start : start + step].t())
 
 
 def _perm(node: onnx.NodeProto) -> list[int] | None:
     return next((list(helper.get_attribute_value(a)) for a in node.attribute if a.name == "perm"), None)
 
 
-def _weights_to_initializers(model: onnx.ModelProto, weights: dict[str, torch.Tensor], data: DataFile) -> None:
-    """Turn the weight graph inputs into external initializers (Transpose-only weights pre-transposed)."""
+def _weights_to_initializers(
+    model: onnx.ModelProto, weights: dict[str, torch.Tensor], data: DataFile, streams: Mapping[str, Blocks]
+) -> None:
+    """Turn the weight graph inputs into external initializers (Transpose-only weights pre-transposed).
+
+    A weight's bytes come from ``streams[name]()`` (row blocks) when given, else from the tensor.
+    """
     graph = model.graph
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
@@ -171,19 +273,25 @@ def _weights_to_initializers(model: onnx.ModelProto, weights: dict[str, torch.Te
         users = consumers.get(name, [])
         if not users:
             continue  # not part of this graph (e.g. the slow K/V projection in the decoder)
-        value = tensor.detach()
-        transposed = value.dim() == 2 and all(n.op_type == "Transpose" and _perm(n) == [1, 0] for n in users)
+        shape, data_type = tuple(tensor.shape), _ONNX_TYPES[tensor.dtype]
+        source = streams.get(name)
+        if source is None and tensor.numel() > 1 and 0 in tensor.stride():
+            raise ValueError(f"{name}: a shape stub (stride 0) with no stream for its bytes")
+        transposed = len(shape) == 2 and all(n.op_type == "Transpose" and _perm(n) == [1, 0] for n in users)
         if transposed:
-            value, initializer_name = value.t(), f"{name}.T"
+            initializer_name, shape = f"{name}.T", shape[::-1]
             for node in users:
                 dropped.append(node)
                 for user in consumers.get(node.output[0], []):
                     user.input[:] = [initializer_name if i == node.output[0] else i for i in user.input]
+
+            # A loaded matrix is written in column blocks; a streamed one scattered row block by row block.
+            scatter = source is not None
+            blocks = source if scatter else partial(transposed_blocks, tensor)
         else:
-            initializer_name = name
-        array = value.to("cpu").contiguous().numpy()
-        graph.initializer.append(data.add(initializer_name, array, reuse=True))
-        del array, value
+            initializer_name, scatter = name, False
+            blocks = source if source is not None else partial(row_blocks, tensor)
+        graph.initializer.append(data.add(initializer_name, data_type, shape, blocks, reuse=True, transposed_rows=scatter))
     if dropped:
         gone = {id(n) for n in dropped}
         nodes = [n for n in graph.node if id(n) not in gone]
@@ -201,7 +309,8 @@ def _torch_initializers(model: onnx.ModelProto, data: DataFile) -> None:
             continue
         array = numpy_helper.to_array(tensor)
         if array.nbytes >= INLINE_BYTES:
-            model.graph.initializer[index].CopyFrom(data.add(tensor.name, array, reuse=False))
+            external = data.add(tensor.name, tensor.data_type, array.shape, lambda: [array], reuse=False)
+            model.graph.initializer[index].CopyFrom(external)
 
 
 def export_graph(
@@ -215,12 +324,15 @@ def export_graph(
     dynamic_axes,
     custom_op: bool = False,
     share: Path | None = None,
+    streams: Mapping[str, Blocks] | None = None,
 ) -> None:
     """Export ``module(*args)`` to ``onnx_path`` with its weights in ``onnx_path.parent / data_name``.
 
     Also: input/output dims from ``shapes``, hierarchical names for the custom nodes and the
     model-local cross-attention function. ``share``: a graph already written with the same data
     file, whose tensors are reused by name (the data file is appended to, not rewritten).
+    ``streams``: for weights of ``module`` (names as in ``module.named_parameters()``) whose
+    tensors are shape stubs, a callable giving their row blocks to write instead.
     """
     weights = large_tensors(module)
     with tempfile.TemporaryDirectory(dir=onnx_path.parent, prefix=f".{onnx_path.stem}_") as tmp:
@@ -234,8 +346,8 @@ def export_graph(
     data = DataFile(onnx_path.parent / data_name, share)
     try:
         _torch_initializers(model, data)
-        _weights_to_initializers(model, weights, data)
+        _weights_to_initializers(model, weights, data, streams or {})
     finally:
-        data.handle.close()
+        data.close()
     onnx.save(model, str(onnx_path))
     onnx.checker.check_model(str(onnx_path))

@@ -26,27 +26,41 @@ Precisions: float32 and float16 (RMSNorm, softmax and the cross-attention stay f
 as in the torch modules). bfloat16 is refused, see :data:`specs.PRECISIONS`.
 
 Memory: one subgraph at a time; the wrappers below hold references to the model's modules (no
-copies) and the weights never enter torch's ONNX proto: they are streamed to the data file one
-tensor at a time (:mod:`slowfast_trt.export.onnx_io`). Measured on a 470 MiB decoder: peak RSS
-+78 MiB over the loaded model. ``export_all`` converts ``model`` in place to ``precision`` when
-it is not already in it.
+copies) and the weights never enter torch's ONNX proto: they are written to the data file in
+blocks (:mod:`slowfast_trt.export.onnx_io`). ``export_all`` converts ``model`` in place to
+``precision`` when it is not already in it.
+
+A model from :func:`slowfast_trt.checkpoint.open_model` (parameters on the meta device, with
+``model.checkpoint_weights``; what the CLI passes) is exported without ever being loaded: before
+each subgraph the parameters of its part get their checkpoint values if small (below
+``INLINE_BYTES``) and zero-page stubs otherwise (:func:`~slowfast_trt.checkpoint.materialize`,
+:func:`~slowfast_trt.checkpoint.zero_stub`: real contiguous tensors that read as zeros and cost
+no memory). The trace only needs shapes (tested: the same graphs and bytes as from the loaded
+model); each large weight is then streamed from the checkpoint file into the data file in
+16 MiB row blocks, converted to ``precision`` block by block (transposed ones scattered into
+their columns). After the subgraph the part goes back to the meta device and freed memory is
+returned to the OS. Peak memory is then the imports, the trace's activations and a few blocks,
+whatever the model size (``python -m slowfast_trt.export.bench_export_memory``, 2 CPU cores):
+0.42 GiB during the full-size 28-layer decoder (13.2 GiB of fp16 weights), 0.83 GiB during the
+7B's ConvNeXt-XXL vision tower (1.6 GiB; its trace's activations at full resolution).
 """
 
 from __future__ import annotations
 
 import gc
+from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import parse_dtype
+from ..checkpoint import PARTS, materialize, parse_dtype, release, trim_memory
 from ..model import SlowFastModel
 from ..preprocess import CLIP_MEAN, CLIP_STD
 from . import specs as S
-from .onnx_io import ExportGraph, export_graph
+from .onnx_io import INLINE_BYTES, Blocks, ExportGraph, as_bytes, export_graph, large_tensors, row_blocks
 from .visual_tokens import fast_frame_indices, pool_grid, uses_avg_pool3d, video_pooling_stride
 
 
@@ -175,8 +189,20 @@ def _example(spec: S.TensorSpec, sizes: dict[str, int], device, gen: torch.Gener
     return torch.randn(shape, generator=gen).to(device=device, dtype=parse_dtype(spec.dtype))
 
 
-def _write(module, spec: S.SubgraphSpec, args, out_dir: Path, share: Path | None = None) -> S.SubgraphSpec:
+Sources = Mapping[int, Blocks]  # id(parameter stub) -> its row blocks (see export_all)
+
+
+def _device(module: nn.Module) -> torch.device:
+    """Where ``module``'s loaded parameters are (CPU when they are all on the meta device)."""
+    return next((p.device for p in module.parameters() if not p.is_meta), torch.device("cpu"))
+
+
+def _write(
+    module, spec: S.SubgraphSpec, args, out_dir: Path, share: Path | None = None, sources: Sources | None = None
+) -> S.SubgraphSpec:
     shapes = {t.name: t.shape for t in spec.inputs + spec.outputs}
+    sources = sources or {}
+    streams = {name: sources[id(t)] for name, t in large_tensors(module).items() if id(t) in sources}
     export_graph(
         module,
         args,
@@ -188,6 +214,7 @@ def _write(module, spec: S.SubgraphSpec, args, out_dir: Path, share: Path | None
         _dynamic_axes(spec),
         custom_op=spec.name == S.DECODER,
         share=share,
+        streams=streams,
     )
     return spec
 
@@ -204,27 +231,31 @@ def _prepare(model: SlowFastModel, out_dir: Path, precision: str, frames: int, m
     return specs, torch.Generator().manual_seed(0)
 
 
-def export_vision(model: SlowFastModel, out_dir: Path, precision: str, frames: int, max_seq_len: int) -> S.SubgraphSpec:
+def export_vision(
+    model: SlowFastModel, out_dir: Path, precision: str, frames: int, max_seq_len: int, sources: Sources | None = None
+) -> S.SubgraphSpec:
     specs, gen = _prepare(model, Path(out_dir), precision, frames, max_seq_len)
     spec = specs[S.VISION]
-    args = [_example(spec.inputs[0], {"frames": 2}, model.device, gen)]
-    return _write(VisionGraph(model.vision, model.dtype), spec, args, Path(out_dir))
+    args = [_example(spec.inputs[0], {"frames": 2}, _device(model.vision), gen)]
+    return _write(VisionGraph(model.vision, model.dtype), spec, args, Path(out_dir), sources=sources)
 
 
-def export_pooler(model: SlowFastModel, out_dir: Path, precision: str, frames: int, max_seq_len: int) -> S.SubgraphSpec:
+def export_pooler(
+    model: SlowFastModel, out_dir: Path, precision: str, frames: int, max_seq_len: int, sources: Sources | None = None
+) -> S.SubgraphSpec:
     specs, gen = _prepare(model, Path(out_dir), precision, frames, max_seq_len)
     spec = specs[S.POOLER]
-    args = [_example(spec.inputs[0], {}, model.device, gen)]
-    return _write(PoolerGraph(model.projector, model.config.visual, frames), spec, args, Path(out_dir))
+    args = [_example(spec.inputs[0], {}, _device(model.projector), gen)]
+    return _write(PoolerGraph(model.projector, model.config.visual, frames), spec, args, Path(out_dir), sources=sources)
 
 
 def export_slow_kv(
-    model: SlowFastModel, out_dir: Path, precision: str, frames: int, max_seq_len: int
+    model: SlowFastModel, out_dir: Path, precision: str, frames: int, max_seq_len: int, sources: Sources | None = None
 ) -> S.SubgraphSpec:
     specs, gen = _prepare(model, Path(out_dir), precision, frames, max_seq_len)
     spec = specs[S.SLOW_KV]
-    args = [_example(spec.inputs[0], {"slow_tokens": 7}, model.device, gen)]
-    return _write(SlowKVGraph(model.decoder), spec, args, Path(out_dir))
+    args = [_example(spec.inputs[0], {"slow_tokens": 7}, _device(model.decoder), gen)]
+    return _write(SlowKVGraph(model.decoder), spec, args, Path(out_dir), sources=sources)
 
 
 def decoder_example_inputs(spec: S.SubgraphSpec, device, gen: torch.Generator, seq=3, past=2, slow=5, rows=2) -> list:
@@ -246,7 +277,13 @@ def decoder_example_inputs(spec: S.SubgraphSpec, device, gen: torch.Generator, s
 
 
 def export_decoder(
-    model: SlowFastModel, out_dir: Path, precision: str, frames: int, max_seq_len: int, cross: bool = True
+    model: SlowFastModel,
+    out_dir: Path,
+    precision: str,
+    frames: int,
+    max_seq_len: int,
+    cross: bool = True,
+    sources: Sources | None = None,
 ) -> S.SubgraphSpec:
     """``decoder.onnx`` (cross=True) or ``decoder_nocross.onnx`` (cross=False; needs
     ``decoder.onnx`` already written in ``out_dir``, whose data file it shares)."""
@@ -258,18 +295,64 @@ def export_decoder(
         share = out_dir / specs[S.DECODER].file
         if not share.is_file():
             raise ValueError(f"export_decoder(cross=False): {share} must be exported first (its data file is shared)")
-    args = decoder_example_inputs(spec, model.device, gen)
-    return _write(DecoderGraph(model.decoder, cross), spec, args, out_dir, share=share)
+    args = decoder_example_inputs(spec, _device(model.decoder), gen)
+    return _write(DecoderGraph(model.decoder, cross), spec, args, out_dir, share=share, sources=sources)
+
+
+def save_npy(path: Path, shape, dtype: torch.dtype, blocks: Iterable[torch.Tensor]) -> None:
+    """An ``.npy`` file (format 1.0, what ``np.save`` writes) from consecutive row blocks."""
+    header = {
+        "descr": np.lib.format.dtype_to_descr(torch.empty((), dtype=dtype).numpy().dtype),
+        "fortran_order": False,
+        "shape": tuple(int(d) for d in shape),
+    }
+    with open(path, "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, header)
+        for block in blocks:
+            handle.write(as_bytes(block))
 
 
 def save_embedding(
-    model: SlowFastModel, out_dir: Path, precision: str, frames: int, max_seq_len: int
+    model: SlowFastModel, out_dir: Path, precision: str, frames: int, max_seq_len: int, sources: Sources | None = None
 ) -> S.SubgraphSpec:
-    """``embed_tokens.npy``: (vocab_rows, hidden) in the export precision (``np.load(mmap_mode="r")``)."""
+    """``embed_tokens.npy``: (vocab_rows, hidden) in the export precision (``np.load(mmap_mode="r")``).
+
+    A model from ``open_model`` streams the table from the checkpoint (nothing loaded)."""
     specs, _ = _prepare(model, Path(out_dir), precision, frames, max_seq_len)
     spec = specs[S.EMBED]
-    np.save(Path(out_dir) / spec.file, model.embed_tokens.weight.detach().cpu().numpy())
+    weight = model.embed_tokens.weight
+    if weight.is_meta:
+        weights = model.checkpoint_weights
+        blocks = weights.row_blocks("embed_tokens.weight")
+        save_npy(Path(out_dir) / spec.file, weights.shape("embed_tokens.weight"), weights.dtype, blocks)
+    else:
+        save_npy(Path(out_dir) / spec.file, weight.shape, weight.dtype, row_blocks(weight))
     return spec
+
+
+# Subgraph -> the parts of the model (prefixes of parameter names) it reads.
+_STEP_PARTS = {
+    S.EMBED: (),
+    S.VISION: (PARTS["vision"],),
+    S.POOLER: (PARTS["projector"],),
+    S.SLOW_KV: (PARTS["decoder"],),
+    S.DECODER: (PARTS["decoder"],),
+    S.DECODER_NOCROSS: (PARTS["decoder"],),
+}
+
+
+def is_lazy(model: SlowFastModel) -> bool:
+    """True for a model from ``open_model`` with parameters still on the meta device."""
+    return hasattr(model, "checkpoint_weights") and any(p.is_meta for p in model.parameters())
+
+
+def _stub_sources(model: SlowFastModel, stubs: set[str]) -> dict[int, Blocks]:
+    weights = model.checkpoint_weights
+    return {
+        id(p): partial(weights.row_blocks, name)
+        for name, p in model.named_parameters(remove_duplicate=False)
+        if name in stubs
+    }
 
 
 def export_all(
@@ -280,7 +363,12 @@ def export_all(
     max_seq_len: int,
     progress: Callable[[str], None] = lambda msg: None,
 ) -> dict[str, S.SubgraphSpec]:
-    """Export every subgraph (and the embedding table) into ``out_dir``; returns their specs."""
+    """Export every subgraph (and the embedding table) into ``out_dir``; returns their specs.
+
+    ``model``: loaded, or from :func:`slowfast_trt.checkpoint.open_model` (lazy: each part is
+    materialised as stubs + small tensors just before its subgraph and released right after,
+    large weights streamed from the checkpoint; see the module docstring).
+    """
     steps = [
         (S.EMBED, save_embedding, {}),
         (S.VISION, export_vision, {}),
@@ -289,9 +377,29 @@ def export_all(
         (S.DECODER, export_decoder, {"cross": True}),
         (S.DECODER_NOCROSS, export_decoder, {"cross": False}),
     ]
+    lazy = is_lazy(model)
+    if lazy:
+        dtype = parse_dtype(precision)
+        if model.checkpoint_weights.dtype != dtype or model.dtype != dtype:
+            release(model)  # parts already loaded would not match the streamed precision
+            model.to(dtype)
+            model.checkpoint_weights.dtype = dtype
     done = {}
     for n, (name, fn, kwargs) in enumerate(steps, 1):
         progress(f"[{n}/{len(steps)}] {name}")
-        done[name] = fn(model, Path(out_dir), precision, frames, max_seq_len, **kwargs)
-        gc.collect()  # free the trace and the proto before the next graph
+        if not lazy:
+            done[name] = fn(model, Path(out_dir), precision, frames, max_seq_len, **kwargs)
+            gc.collect()  # free the trace and the proto before the next graph
+            continue
+        prefixes = _STEP_PARTS[name]
+        try:
+            stubs = materialize(model, prefixes, stub_bytes=INLINE_BYTES) if prefixes else set()
+            sources = _stub_sources(model, stubs)
+            done[name] = fn(model, Path(out_dir), precision, frames, max_seq_len, sources=sources, **kwargs)
+        finally:
+            sources = None
+            if prefixes:
+                release(model, prefixes)  # back to meta, gc, malloc_trim
+            else:
+                trim_memory()
     return done
