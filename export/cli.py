@@ -1,7 +1,13 @@
 """``python -m slowfast_trt.export``: a checkpoint -> an export folder (ONNX graphs, manifest, engines).
 
     python -m slowfast_trt.export --ckpt CKPT --out DIR [--backend tensorrt|onnxruntime]
-        [--precision fp32|fp16|bf16] [--frames N] [--max-seq-len L] [--onnx-only] [--force]
+        [--precision fp32|fp16|bf16|int4-awq] [--frames N] [--max-seq-len L] [--onnx-only] [--force]
+
+``bf16`` exports float32 graphs that TensorRT builds with its BF16 flag (ONNX opset 17 has no
+bf16 convolutions and ONNX Runtime no bf16 CPU kernels), so it needs ``--backend tensorrt``.
+``int4-awq`` exports a decoder with 4-bit weights (group 128, AWQ scales from built-in
+calibration prompts; :mod:`slowfast_trt.export.quantize_int4`), activations in float16 for
+TensorRT and float32 for ONNX Runtime; it loads the whole model (no part-by-part streaming).
 
 The folder gets the ONNX subgraphs (``export_all``), the tokenizer files and ``config.json``
 of the checkpoint, and ``manifest.json`` (:mod:`slowfast_trt.export.manifest`). With
@@ -31,7 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "int4-awq": "float16"}
 BACKENDS = ("tensorrt", "onnxruntime")
 DEFAULT_MAX_SEQ_LEN = 4096
 # Files of a checkpoint folder that are not weights: tokenizer, config, generation config.
@@ -51,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=BACKENDS, default="tensorrt",
                    help="tensorrt (default): ONNX, then engines; onnxruntime: ONNX only")
     p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp16",
-                   help="weight and activation precision (default fp16)")
+                   help="weight and activation precision (default fp16; bf16 needs --backend tensorrt)")
     p.add_argument("--frames", type=int, default=None, help="frames per video (default: the checkpoint's training frames)")
     p.add_argument("--max-seq-len", type=int, default=None, help=f"KV-cache length (default {DEFAULT_MAX_SEQ_LEN})")
     p.add_argument("--onnx-only", action="store_true", help="with --backend tensorrt: stop after ONNX, build no engines")
@@ -160,6 +166,11 @@ def plan_export(args) -> ExportPlan:
     check_output(out, args.force)
     if args.onnx_only and args.backend != "tensorrt":
         raise ValueError("--onnx-only goes with --backend tensorrt (--backend onnxruntime builds no engines anyway)")
+    if args.precision == "bf16" and args.backend != "tensorrt":
+        raise ValueError(
+            "--precision bf16 needs --backend tensorrt (the ONNX graphs stay float32 and TensorRT builds them "
+            "in bf16; ONNX Runtime has no bf16 CPU kernels): use fp32 or fp16 with onnxruntime"
+        )
     build_engines = args.backend == "tensorrt" and not args.onnx_only
     if build_engines:
         why = tensorrt_missing()
@@ -191,6 +202,15 @@ def plan_export(args) -> ExportPlan:
         ckpt=str(args.ckpt), directory=directory, out=out, backend=args.backend, precision=args.precision,
         frames=frames, max_seq_len=max_seq_len, build_engines=build_engines, visual_tokens=counts,
     )
+
+
+def graph_dtype(plan: "ExportPlan") -> str:
+    """dtype of the exported ONNX graphs (and of the KV cache the runtime allocates)."""
+    if plan.precision == "bf16":
+        return "float32"
+    if plan.precision == "int4-awq":
+        return "float32" if plan.backend == "onnxruntime" else "float16"
+    return PRECISIONS[plan.precision]
 
 
 def make_stage(out: Path) -> Path:
@@ -283,7 +303,7 @@ def _config_entry(config) -> dict:
 def _layouts(config, plan: ExportPlan) -> dict:
     from .qwen2 import KV_CACHE_LAYOUT, SLOW_KV_LAYOUT
 
-    text, dtype = config.text, PRECISIONS[plan.precision]
+    text, dtype = config.text, graph_dtype(plan)
     return {
         "kv_cache": {
             "layout": KV_CACHE_LAYOUT, "per_layer": text.num_layers, "dtype": dtype,
@@ -315,7 +335,7 @@ def build_manifest(
         "source": {"checkpoint": plan.ckpt, "resolved": str(plan.directory), "hash": ckpt_hash, "hash_method": HASH_METHOD},
         "config": _config_entry(config),
         "precision": plan.precision,
-        "dtype": PRECISIONS[plan.precision],
+        "dtype": graph_dtype(plan),
         "frames": plan.frames,
         "max_seq_len": plan.max_seq_len,
         "vocab_rows": vocab_rows,
@@ -328,6 +348,20 @@ def build_manifest(
         "trt_lint": trt.get("trt_lint"),
         "checkpoint_files": copied,
     }
+
+
+def _export_int4(plan: ExportPlan, stage: Path, dtype: str, progress: Progress):
+    """AWQ scales need the whole model in float32 (calibration runs through it)."""
+    from ..checkpoint import load_model
+    from ..tokenizer import load_tokenizer
+    from .quantize_int4 import export_int4_awq
+
+    tokenizer = load_tokenizer(plan.directory)
+    progress(f"loading the checkpoint in float32 for AWQ calibration (vocab rows {len(tokenizer)})")
+    model = load_model(plan.directory, dtype="float32", vocab_rows=len(tokenizer))
+    specs = export_int4_awq(model, stage, plan.frames, plan.max_seq_len, tokenizer=tokenizer,
+                            activation_precision=dtype, progress=progress)
+    return specs, model.config
 
 
 def run_export(plan: ExportPlan, progress: Progress = lambda message: None) -> dict:
@@ -345,14 +379,18 @@ def run_export(plan: ExportPlan, progress: Progress = lambda message: None) -> d
     vocab_rows = len(load_tokenizer(plan.directory))
     stage = make_stage(plan.out)
     try:
-        # Names and shapes only: each subgraph's weights are read from the checkpoint while it
-        # is exported, and freed after it (memory: the trace and a few blocks, not the model).
-        progress(f"opening the checkpoint as {PRECISIONS[plan.precision]} (vocab rows {vocab_rows})")
-        model = open_model(plan.directory, dtype=PRECISIONS[plan.precision], vocab_rows=vocab_rows)
-        config = model.config
-        progress(f"exporting ONNX subgraphs ({plan.frames} frames, max_seq_len {plan.max_seq_len})")
-        specs = export_all(model, stage, PRECISIONS[plan.precision], plan.frames, plan.max_seq_len, progress=progress)
-        del model
+        dtype = graph_dtype(plan)
+        if plan.precision == "int4-awq":
+            specs, config = _export_int4(plan, stage, dtype, progress)
+        else:
+            # Names and shapes only: each subgraph's weights are read from the checkpoint while it
+            # is exported, and freed after it (memory: the trace and a few blocks, not the model).
+            progress(f"opening the checkpoint as {dtype} (vocab rows {vocab_rows})")
+            model = open_model(plan.directory, dtype=dtype, vocab_rows=vocab_rows)
+            config = model.config
+            progress(f"exporting ONNX subgraphs ({plan.frames} frames, max_seq_len {plan.max_seq_len})")
+            specs = export_all(model, stage, dtype, plan.frames, plan.max_seq_len, progress=progress)
+            del model
         gc.collect()
         copied = copy_checkpoint_files(plan.directory, stage)
         trt = _tensorrt_files(stage, specs, plan, progress) if plan.backend == "tensorrt" else {}

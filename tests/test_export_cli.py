@@ -28,39 +28,31 @@ from test_strip_functions import DATA_FILE, build_cross_attention_model, save_wi
 TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json"}
 
 
-class FakeExporter:
-    """Stands in for ``subgraphs.export_all``; records its calls, can fail after writing."""
+class ExportSpy:
+    """Wraps the real ``subgraphs.export_all``: records its calls and, to test the clean-up, can
+    fail after the real export has written its files (as a full disk would)."""
 
-    def __init__(self, fail: bool = False):
+    def __init__(self, real, fail: bool = False):
+        self.real = real
         self.fail = fail
         self.calls = []
 
     def __call__(self, model, out_dir, precision, frames, max_seq_len, progress=lambda msg: None):
         self.calls.append({"dtype": model.dtype, "precision": precision, "frames": frames, "max_seq_len": max_seq_len,
                            "vocab_rows": model.vocab_rows, "out_dir": Path(out_dir)})
-        progress("fake decoder")
-        save_with_external_data(build_cross_attention_model(), Path(out_dir) / "decoder.onnx")
-        np.save(Path(out_dir) / "embed_tokens.npy", np.zeros((3, 2), dtype=np.float32))
+        specs = self.real(model, out_dir, precision, frames, max_seq_len, progress=progress)
         if self.fail:
-            raise ValueError("fake export failure")
-        decoder = SubgraphSpec(
-            "decoder",
-            (TensorSpec("x", ("rows", 32), precision),),
-            (TensorSpec("output", ("rows", 32), precision),),
-            "decoder.onnx", (("rows", 0, max_seq_len), ("slow_tokens", 1, 1296)), DATA_FILE,
-        )
-        embed = SubgraphSpec("embed", (TensorSpec("token_ids", (1, "seq"), "int64"),),
-                             (TensorSpec("inputs_embeds", (1, "seq", 2), precision),), "embed_tokens.npy")
-        return {"decoder": decoder, "embed": embed}
+            raise ValueError("export failure after writing")
+        return specs
 
 
 @pytest.fixture()
 def fake_export(monkeypatch):
-    exporter = FakeExporter()
-    module = types.ModuleType("slowfast_trt.export.subgraphs")
-    module.export_all = exporter
-    monkeypatch.setitem(sys.modules, "slowfast_trt.export.subgraphs", module)
-    return exporter
+    from slowfast_trt.export import subgraphs
+
+    spy = ExportSpy(subgraphs.export_all)
+    monkeypatch.setattr(subgraphs, "export_all", spy)
+    return spy
 
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:
@@ -88,10 +80,11 @@ def test_export_writes_folder_and_manifest(tiny_ckpt, tmp_path, capsys, fake_exp
     out = tmp_path / "export"
     code, stdout, err = run_cli(capsys, *base_args(tiny_ckpt, out))
     assert code == 0, err
-    assert "[export" in err and "fake decoder" in err  # progress on stderr
+    assert "[export" in err and "[5/6] decoder" in err  # progress on stderr
     assert str(out) in stdout
     names = {p.name for p in out.iterdir()}
-    assert {"manifest.json", "config.json", "generation_config.json", "decoder.onnx", DATA_FILE} <= names
+    graphs = {"vision.onnx", "pooler.onnx", "slow_kv.onnx", "decoder.onnx", "decoder_nocross.onnx", "embed_tokens.npy"}
+    assert {"manifest.json", "config.json", "generation_config.json", "decoder.onnx.data"} | graphs <= names
     assert TOKENIZER_FILES <= names and "model.safetensors" not in names
     assert (out / "config.json").read_bytes() == (tiny_ckpt / "config.json").read_bytes()
     assert _leftovers(tmp_path) == []
@@ -114,8 +107,9 @@ def test_export_writes_folder_and_manifest(tiny_ckpt, tmp_path, capsys, fake_exp
     assert manifest["layouts"]["slow_kv"]["shape"] == ["batch", 2, 1296, 16]
     assert manifest["backend"] == "onnxruntime" and manifest["engines"] is None
     decoder = manifest["subgraphs"]["decoder"]
-    assert decoder["inputs"] == [{"name": "x", "shape": ["rows", 32], "dtype": "float32"}]
-    assert decoder["dims"] == [["rows", 0, 2048], ["slow_tokens", 1, 1296]] and "trt_file" not in decoder
+    assert decoder["inputs"][0] == {"name": "inputs_embeds", "shape": [1, "seq", 64], "dtype": "float32"}
+    assert ["seq", 1, 2048] in decoder["dims"] and ["slow_tokens", 1, 1296] in decoder["dims"]
+    assert decoder["data_file"] == "decoder.onnx.data" and "trt_file" not in decoder
     assert manifest["files"]["decoder.onnx"] == (out / "decoder.onnx").stat().st_size
 
 
@@ -155,7 +149,7 @@ def test_failed_export_leaves_nothing_and_force_keeps_old(tiny_ckpt, tmp_path, c
     out = tmp_path / "export"
     fake_export.fail = True
     code, _, err = run_cli(capsys, *base_args(tiny_ckpt, out))
-    assert code == 2 and _one_error(err) == "error: fake export failure"
+    assert code == 2 and _one_error(err) == "error: export failure after writing"
     assert not out.exists() and _leftovers(tmp_path) == []
 
     fake_export.fail = False
@@ -163,7 +157,7 @@ def test_failed_export_leaves_nothing_and_force_keeps_old(tiny_ckpt, tmp_path, c
     before = (out / "manifest.json").read_bytes()
     fake_export.fail = True
     code, _, err = run_cli(capsys, *base_args(tiny_ckpt, out, "--force"))
-    assert code == 2 and "fake export failure" in err
+    assert code == 2 and "export failure after writing" in err
     assert (out / "manifest.json").read_bytes() == before, "the old export must survive a failed --force export"
     assert _leftovers(tmp_path) == []
 
@@ -239,7 +233,7 @@ def test_tensorrt_onnx_only_strips_and_lints(tiny_ckpt, tmp_path, capsys, fake_e
     assert manifest["backend"] == "tensorrt" and manifest["engines"] is None
     assert manifest["subgraphs"]["decoder"]["trt_file"] == "decoder.trt.onnx"
     assert "trt_file" not in manifest["subgraphs"]["embed"]
-    assert manifest["trt_lint"] == {"decoder": []}
+    assert manifest["trt_lint"] == {name: [] for name in ("vision", "pooler", "slow_kv", "decoder", "decoder_nocross")}
     assert manifest["visual_tokens"]["slow"] == 2592 and manifest["visual_tokens"]["fast"] == 1296
     assert lint_model(out / "decoder.trt.onnx") == []
     assert len(lint_model(out / "decoder.onnx")) == 1  # the function, kept for ONNX Runtime
@@ -286,3 +280,27 @@ def test_real_export_tensorrt_onnx_only_lints_clean(tiny_ckpt, tmp_path):
         if entry.get("data_file"):
             assert (out / entry["data_file"]).is_file()
     assert set(manifest["files"]) == {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} - {"manifest.json"}
+
+
+def test_bf16_needs_tensorrt(tiny_ckpt, tmp_path, capsys, fake_export):
+    out = tmp_path / "export"
+    args = ["--ckpt", tiny_ckpt, "--out", out, "--backend", "onnxruntime", "--precision", "bf16", "--frames", "16"]
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2 and "--precision bf16 needs --backend tensorrt" in _one_error(err)
+    assert not out.exists() and not fake_export.calls
+
+
+def test_int4_awq_export_runs_in_onnx_runtime(tiny_ckpt, tmp_path, capsys):
+    out = tmp_path / "export"
+    code, _, err = run_cli(capsys, "--ckpt", tiny_ckpt, "--out", out, "--backend", "onnxruntime",
+                           "--precision", "int4-awq", "--frames", "16", "--max-seq-len", "2048")
+    assert code == 0, err
+    manifest = load_manifest(out)
+    assert (manifest["precision"], manifest["dtype"]) == ("int4-awq", "float32")
+    report = json.loads((out / "quantization.json").read_text())
+    assert report["awq"]["method"] == "awq" and report["bytes_after"] < report["bytes_before"]
+    from slowfast_trt import SlowFastRuntime
+
+    rt = SlowFastRuntime.load(out, backend="onnxruntime")
+    result = rt.generate(video=None, question="Tell me about cats.", max_new_tokens=4)
+    assert len(result.token_ids) > 0
