@@ -278,6 +278,28 @@ def check_engine_compat(manifest: Mapping[str, Any], trt_version: str, compute_c
         )
 
 
+def check_engine_folder(directory: str | Path, trt_version: str, compute_capability) -> dict:
+    """Read ``engines.json`` of an export folder and :func:`check_engine_compat` it; returns
+    it. The runtime calls this before deserializing any engine, so engines from another
+    TensorRT version or GPU fail with one "rebuild the engines" message instead of a
+    deserialization error deep in TensorRT."""
+    file = Path(directory) / ENGINE_MANIFEST_NAME
+    if not file.is_file():
+        raise ValueError(f"{directory}: {ENGINE_MANIFEST_NAME} is missing (it records the TensorRT version and GPU "
+                         f"the engines were built for); {_REBUILD}")
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{file}: unreadable ({exc}); {_REBUILD}") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{file}: not a JSON object; {_REBUILD}")
+    try:
+        check_engine_compat(manifest, trt_version, compute_capability)
+    except ValueError as exc:
+        raise ValueError(f"{directory}: {exc}") from None
+    return manifest
+
+
 def folder_inputs(directory: str | Path) -> dict[str, Any]:
     """What :func:`.trt_build.build_engines` needs, read from an export folder made elsewhere
     (e.g. exported with ``--onnx-only`` on a workstation, engines built on the Jetson): the

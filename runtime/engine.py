@@ -29,12 +29,15 @@ import torch
 __all__ = [
     "Engine",
     "EngineError",
+    "ProfileRouter",
     "TensorInfo",
+    "check_profile",
     "check_feeds",
     "check_output_buffer",
     "data_pointer",
     "dtype_name",
     "numpy_dtype",
+    "profile_for_rows",
     "resolve_output_shape",
     "torch_dtype",
 ]
@@ -233,3 +236,65 @@ class Engine(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, device={self.device})"
+
+
+# -- optimisation profiles --------------------------------------------------------------------
+
+PREFILL_PROFILE, DECODE_PROFILE = 0, 1  # the decoder engines' profiles (export.trt_plan.decoder_profiles)
+
+
+def check_profile(engine: str, profile: int, num_profiles: int) -> int:
+    """``profile`` if it is an index into the engine's ``num_profiles`` profiles, else an ``EngineError``."""
+    if isinstance(profile, bool) or not isinstance(profile, int) or not 0 <= profile < num_profiles:
+        raise EngineError(f"{engine}: profile must be an integer in [0, {num_profiles - 1}], got {profile!r}")
+    return profile
+
+
+def profile_for_rows(num_profiles: int, rows: int) -> int:
+    """Which decoder profile runs a call of ``rows`` new rows: one-row decode steps the decode
+    profile (kernels tuned for one row) when the engine has it, everything else profile 0
+    (prefill, which covers every shape)."""
+    return DECODE_PROFILE if num_profiles > DECODE_PROFILE and rows == 1 else PREFILL_PROFILE
+
+
+class ProfileRouter(Engine):
+    """One engine seen through one execution context per optimisation profile.
+
+    ``contexts[p]`` runs profile ``p`` (all share the engine's weights); each call goes to
+    the profile :func:`profile_for_rows` picks from dimension ``rows_dim`` of input
+    ``rows_input``. The contexts run one at a time on the same stream.
+    """
+
+    def __init__(self, contexts: Sequence[Engine], rows_input: str = "inputs_embeds", rows_dim: int = 1):
+        if not contexts:
+            raise EngineError("ProfileRouter needs at least one context")
+        if rows_input not in contexts[0].input_names:
+            raise EngineError(f"{contexts[0].name}: no input {rows_input} to choose a profile by")
+        self.contexts = tuple(contexts)
+        self.name, self.device = contexts[0].name, contexts[0].device
+        self._rows_input, self._rows_dim = rows_input, rows_dim
+
+    @property
+    def inputs(self) -> tuple[TensorInfo, ...]:
+        return self.contexts[0].inputs
+
+    @property
+    def outputs(self) -> tuple[TensorInfo, ...]:
+        return self.contexts[0].outputs
+
+    def pick(self, feeds: Mapping[str, torch.Tensor]) -> Engine:
+        """The context that runs ``feeds``."""
+        tensor = feeds.get(self._rows_input)
+        if tensor is None:
+            raise EngineError(f"{self.name}: missing input {self._rows_input}")
+        return self.contexts[profile_for_rows(len(self.contexts), int(tensor.shape[self._rows_dim]))]
+
+    def run(self, feeds: Mapping[str, torch.Tensor], outputs: Mapping[str, torch.Tensor] | None = None):
+        return self.pick(feeds).run(feeds, outputs)
+
+    def synchronize(self) -> None:
+        self.contexts[0].synchronize()
+
+    def close(self) -> None:
+        for context in reversed(self.contexts):  # the profile contexts before the engine's owner
+            context.close()

@@ -5,6 +5,21 @@ caller buffers (KV cache slots, the logits row) or into tensors allocated from t
 TensorRT infers; ``execute_async_v3`` runs on torch's current stream. Everything that is not
 a TensorRT call (dtype names, shape checks, dummy addresses for empty tensors) is the plain,
 tested code of :mod:`slowfast_trt.runtime.engine`.
+
+Decoder engines have a prefill profile (0) and a decode profile (1): :func:`with_decode_context`
+puts a second context of the same engine on profile 1 and routes one-row calls to it.
+
+Design note, not implemented: CUDA-graph capture of decode steps. A graph replays fixed
+shapes and addresses, but a decode step's ``past_*`` inputs grow by one row per step, so
+TensorRT picks new shapes (and may pick other tactics) every step and the captured graph is
+stale. Capturing would take a second decoder graph with static shapes: ``past_*`` always the
+full preallocated cache (``max_seq_len`` rows, the cache buffers themselves, so addresses never
+change), a ``past_length`` int32 input masking rows at or beyond it in self-attention, the new
+K/V written in place at ``past_length`` (scatter into the cache instead of separate
+``new_*`` outputs), and position/length/token inputs held in fixed device buffers updated by
+``copy_`` before each replay. Then one capture per (decoder, cross-attending or not) replays every
+step; the cost is attention over ``max_seq_len`` rows each step (masked), which a
+length-aware attention plugin would avoid.
 """
 
 from __future__ import annotations
@@ -14,9 +29,20 @@ from typing import Mapping
 
 import torch
 
-from .engine import Engine, EngineError, TensorInfo, check_output_buffer, data_pointer, dtype_name, torch_dtype
+from .engine import (
+    DECODE_PROFILE,
+    Engine,
+    EngineError,
+    ProfileRouter,
+    TensorInfo,
+    check_output_buffer,
+    check_profile,
+    data_pointer,
+    dtype_name,
+    torch_dtype,
+)
 
-__all__ = ["TrtEngine", "import_tensorrt", "tensorrt_available"]
+__all__ = ["TrtEngine", "check_engine_folder", "import_tensorrt", "tensorrt_available", "with_decode_context"]
 
 _PLUGIN_LOADED: set[str] = set()
 
@@ -54,9 +80,9 @@ def load_plugin_library(trt) -> None:
 
 
 class TrtEngine(Engine):
-    """One serialized TensorRT engine and its execution context on a CUDA device."""
+    """One serialized TensorRT engine and an execution context on optimisation ``profile``."""
 
-    def __init__(self, name: str, path: str | Path, device: torch.device | str = "cuda"):
+    def __init__(self, name: str, path: str | Path, device: torch.device | str = "cuda", profile: int = 0):
         trt = import_tensorrt()
         self.name = name
         self.device = torch.device(device)
@@ -66,13 +92,15 @@ class TrtEngine(Engine):
         if not path.is_file():
             raise EngineError(f"{name}: engine file {path} not found")
         load_plugin_library(trt)
+        self._trt = trt
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         with torch.cuda.device(self.device):
             self._engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
-            if self._engine is None:
-                raise EngineError(f"{name}: TensorRT cannot deserialize {path} (built by another TensorRT version or GPU?)")
-            self._context = self._engine.create_execution_context()
+        if self._engine is None:
+            raise EngineError(f"{name}: TensorRT cannot deserialize {path} (built by another TensorRT version or GPU?)")
+        self.profile = check_profile(name, profile, self.num_profiles)
+        self._context = self._create_context(self.profile)
         inputs, outputs = [], []
         for i in range(self._engine.num_io_tensors):
             tensor = self._engine.get_tensor_name(i)
@@ -81,6 +109,37 @@ class TrtEngine(Engine):
             is_input = self._engine.get_tensor_mode(tensor) == trt.TensorIOMode.INPUT
             (inputs if is_input else outputs).append(TensorInfo(tensor, dtype, shape))
         self._inputs, self._outputs = tuple(inputs), tuple(outputs)
+
+    @property
+    def num_profiles(self) -> int:
+        return int(self._engine.num_optimization_profiles)
+
+    def _create_context(self, profile: int):
+        """A context on ``profile``. Profile 0 allocates activation memory for the largest
+        profile (TensorRT's default); any other allocates for its own shapes only
+        (``ON_PROFILE_CHANGE``), so a one-row decode context costs little next to the prefill one."""
+        trt = self._trt
+        with torch.cuda.device(self.device):
+            if profile == 0:
+                context = self._engine.create_execution_context()
+            else:
+                context = self._engine.create_execution_context(trt.ExecutionContextAllocationStrategy.ON_PROFILE_CHANGE)
+            if context is None:
+                raise EngineError(f"{self.name}: TensorRT could not create an execution context (out of device memory?)")
+            if profile != 0:
+                stream = torch.cuda.current_stream(self.device)
+                if not context.set_optimization_profile_async(profile, stream.cuda_stream):
+                    raise EngineError(f"{self.name}: TensorRT refused optimisation profile {profile}")
+                stream.synchronize()
+        return context
+
+    def context_on(self, profile: int) -> "TrtEngine":
+        """This engine (weights shared, not deserialized again) with a second context on ``profile``."""
+        check_profile(self.name, profile, self.num_profiles)
+        other = object.__new__(TrtEngine)
+        other.__dict__.update(self.__dict__)
+        other.profile, other._context = profile, self._create_context(profile)
+        return other
 
     @property
     def inputs(self) -> tuple[TensorInfo, ...]:
@@ -117,3 +176,20 @@ class TrtEngine(Engine):
 
     def close(self) -> None:
         self._context = self._engine = self._runtime = None
+
+
+def with_decode_context(engine: TrtEngine) -> Engine:
+    """A decoder engine with two profiles as a :class:`ProfileRouter`: one-row steps on a
+    second context on the decode profile, everything else on profile 0; else ``engine``."""
+    if engine.num_profiles <= DECODE_PROFILE:
+        return engine
+    return ProfileRouter((engine, engine.context_on(DECODE_PROFILE)))
+
+
+def check_engine_folder(path: str | Path, device: torch.device) -> dict:
+    """``engines.json`` of ``path`` checked against this TensorRT and this GPU, before any
+    engine is deserialized (:func:`slowfast_trt.export.trt_plan.check_engine_folder`)."""
+    from ..export.trt_plan import check_engine_folder as check
+
+    trt = import_tensorrt()
+    return check(path, trt.__version__, torch.cuda.get_device_capability(device))

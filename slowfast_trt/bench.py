@@ -9,6 +9,11 @@ session, and then decode again in the upstream style, which recomputes the slow 
 projection (layer norm + kv_proj of every slow token for every hybrid layer) before every
 decode step. Each number is the median of ``R`` runs after ``W`` warm-up runs.
 
+On a Jetson (``tegrastats`` on PATH) the measured runs of each frame count are also sampled
+every 100 ms: mean module power (``VDD_IN``, or AGX Orin's three input rails) in W, mean GR3D
+(GPU) load in %, and peak RAM in MB (the whole board's, CPU and GPU share it). Elsewhere these
+columns are None (``-`` in the table).
+
 An export folder is built for one frame count; ``--engines`` may name one export folder or
 a folder of export folders (one per frame count, e.g. ``engines/f8``, ``engines/f64``).
 The table goes to stdout, ``--json`` writes the same numbers. Bad input ends with one
@@ -18,6 +23,7 @@ The table goes to stdout, ``--json`` writes the same numbers. Bad input ends wit
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -30,7 +36,9 @@ FIELDS = (
     "frames", "slow_tokens", "fast_tokens", "video_decode_ms", "preprocess_ms", "vision_ms", "pooler_ms",
     "slow_kv_ms", "prefill_ms", "ttft_ms", "decode_ms_per_token", "decode_tokens_per_s", "followup_ttft_ms",
     "baseline_decode_ms_per_token", "baseline_ratio", "peak_host_mb", "peak_device_mb",
+    "power_w_mean", "gpu_load_mean", "ram_mb_peak",
 )
+TEGRA_INTERVAL_MS = 100
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,6 +102,20 @@ def _peak_device_mb(device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
+def tegra_fields(samples) -> dict:
+    """``power_w_mean``, ``gpu_load_mean``, ``ram_mb_peak`` of parsed tegrastats samples;
+    all None when there are none (not a Jetson) or a field is absent from every line."""
+    from .tegrastats import summarize
+
+    summary = summarize(list(samples or ()))
+    power = summary["power_mean_mw"]
+    return {
+        "power_w_mean": power / 1e3 if power is not None else None,
+        "gpu_load_mean": summary["gpu_load_mean"],
+        "ram_mb_peak": summary["ram_peak_mb"],
+    }
+
+
 # -- runs ------------------------------------------------------------------------------------
 
 
@@ -149,7 +171,11 @@ def measure(rt, video: str, frames: int, new_tokens: int, runs: int, warmup: int
         one_run(rt, video, frames, new_tokens)
     reset_ok = reset_peak_host()
     _reset_peak_device(rt.device)
-    samples = [one_run(rt, video, frames, new_tokens) for _ in range(runs)]
+    from .tegrastats import Tegrastats
+
+    monitor = Tegrastats(interval_ms=TEGRA_INTERVAL_MS) if Tegrastats.available() else None
+    with monitor if monitor is not None else contextlib.nullcontext():
+        samples = [one_run(rt, video, frames, new_tokens) for _ in range(runs)]
     row = {"frames": frames}
     for key in samples[0]:
         values = [s[key] for s in samples]
@@ -158,6 +184,7 @@ def measure(rt, video: str, frames: int, new_tokens: int, runs: int, warmup: int
     row["peak_host_mb"] = peak_host_mb()
     row["peak_host_reset"] = reset_ok
     row["peak_device_mb"] = _peak_device_mb(rt.device)
+    row.update(tegra_fields(monitor.samples if monitor is not None else None))
     return row
 
 
@@ -175,13 +202,14 @@ def flatness(rows: list[dict]) -> dict | None:
 
 def format_table(rows: list[dict]) -> str:
     head = ("frames", "slow", "fast", "dec+pre", "vision", "pooler", "slow_kv", "prefill", "ttft", "ms/tok", "tok/s",
-            "fup_ttft", "base ms/tok", "base/ours", "host MB", "dev MB")
+            "fup_ttft", "base ms/tok", "base/ours", "host MB", "dev MB", "power W", "GPU %", "RAM MB")
     lines = ["  ".join(f"{h:>9}" for h in head)]
     for r in rows:
         cells = (r["frames"], r["slow_tokens"], r["fast_tokens"], r["video_decode_ms"] + r["preprocess_ms"], r["vision_ms"],
                  r["pooler_ms"], r["slow_kv_ms"], r["prefill_ms"], r["ttft_ms"], r["decode_ms_per_token"],
                  r["decode_tokens_per_s"], r["followup_ttft_ms"], r["baseline_decode_ms_per_token"], r["baseline_ratio"],
-                 r["peak_host_mb"], r["peak_device_mb"])
+                 r["peak_host_mb"], r["peak_device_mb"], r.get("power_w_mean"), r.get("gpu_load_mean"),
+                 r.get("ram_mb_peak"))
         lines.append("  ".join(_cell(c) for c in cells))
     return "\n".join(lines)
 

@@ -403,13 +403,17 @@ def _open_engines(path: Path, manifest: dict, backend: str, device: torch.device
     if "decoder_nocross" in subgraphs:
         names.append("decoder_nocross")
     if backend == "tensorrt":
-        from .runtime.trt_engine import TrtEngine
+        from .runtime.trt_engine import TrtEngine, check_engine_folder, with_decode_context
 
         files = manifest["engines"]
         missing = [n for n in names[:4] if n not in files]
         if missing:
             raise ValueError(f"{path}: the manifest lists no TensorRT engine for {', '.join(missing)}; {_REBUILD}")
+        check_engine_folder(path, device)  # before deserializing: another TensorRT or GPU -> "rebuild"
         engines = {n: TrtEngine(n, path / files[n], device) for n in names if n in files}
+        for name in ("decoder", "decoder_nocross"):  # one-row decode steps on the decode profile
+            if name in engines:
+                engines[name] = with_decode_context(engines[name])
     else:
         from .runtime.ort_engine import load_ort_engines
 

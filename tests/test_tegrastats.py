@@ -113,3 +113,16 @@ def test_real_tegrastats_subprocess():
     with Tegrastats(interval_ms=100) as stats:
         time.sleep(1.0)
     assert stats.samples and stats.samples[-1].ram_total_mb
+
+
+def test_bench_fields_from_recorded_lines():
+    from slowfast_trt.bench import FIELDS, tegra_fields
+
+    fields = tegra_fields(parse_lines([ORIN_NANO_IDLE, ORIN_NANO_BUSY, ORIN_NANO_JP6]))
+    assert fields["power_w_mean"] == pytest.approx((4824 + 12479 + 4761) / 3 / 1000)
+    assert fields["gpu_load_mean"] == pytest.approx(63 / 3) and fields["ram_mb_peak"] == 6185
+    agx = tegra_fields(parse_lines([AGX_ORIN]))
+    assert agx["power_w_mean"] == pytest.approx((5139 + 3268 + 5500) / 1000) and agx["gpu_load_mean"] == 12
+    assert tegra_fields(parse_lines([THOR]))["power_w_mean"] is None  # no rails (needs root on some images)
+    assert tegra_fields(None) == tegra_fields([]) == {"power_w_mean": None, "gpu_load_mean": None, "ram_mb_peak": None}
+    assert set(fields) <= set(FIELDS)

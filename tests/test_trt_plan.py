@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 
 import onnx
 import pytest
@@ -192,3 +193,24 @@ def test_trt_build_cli_without_tensorrt(tiny_ckpt, tmp_path, capsys):
 
     assert trt_build.main([str(_export_folder(tiny_ckpt, tmp_path)), "--vision-batch", "8"]) == 2
     assert "TensorRT is not available" in capsys.readouterr().err
+
+
+def test_engine_folder_checked_before_deserializing(specs, tmp_path):
+    """What the TensorRT runtime does first: engines.json as build_engines writes it, checked
+    against this TensorRT version and GPU (plain values, as tensorrt and torch.cuda report them)."""
+    plans = P.plan_engines(specs, "fp16", FRAMES, MAX_SEQ)
+    entries = {name: {"file": f"{name}.engine", **plan.to_json()} for name, plan in plans.items()}
+    P.write_json(tmp_path / P.ENGINE_MANIFEST_NAME, P.engine_manifest("10.3.0.30", (8, 7), "Orin", "fp16", entries))
+    manifest = P.check_engine_folder(tmp_path, "10.3.0.30", (8, 7))
+    assert manifest["engines"]["decoder"]["file"] == "decoder.engine"
+    for version, cc, why in (("10.7.0.23", (8, 7), "TensorRT 10.3.0.30, this is TensorRT 10.7.0.23"),
+                             ("10.3.0.30", (9, 0), "compute capability 8.7, this GPU is 9.0")):
+        with pytest.raises(ValueError, match=f"{re.escape(str(tmp_path))}: engines built .*{why}.*rebuild the engines") as info:
+            P.check_engine_folder(tmp_path, version, cc)
+        assert "\n" not in str(info.value)  # the CLIs print it as one line
+    (tmp_path / P.ENGINE_MANIFEST_NAME).write_text("{not json")
+    with pytest.raises(ValueError, match="engines.json: unreadable.*rebuild the engines"):
+        P.check_engine_folder(tmp_path, "10.3.0.30", (8, 7))
+    (tmp_path / P.ENGINE_MANIFEST_NAME).unlink()
+    with pytest.raises(ValueError, match="engines.json is missing.*rebuild the engines"):
+        P.check_engine_folder(tmp_path, "10.3.0.30", (8, 7))
