@@ -415,31 +415,7 @@ def load_model(
         unknown = sorted(set(parts) - set(PARTS))
         if unknown:
             raise ValueError(f"unknown model parts {unknown} (known: {', '.join(PARTS)})")
-        model = open_model(ckpt, dtype=dtype, vocab_rows=vocab_rows)
-        materialize(model, [PARTS[p] for p in parts], device=device)
-        return model
-    directory = resolve_checkpoint(ckpt)
-    torch_dtype = parse_dtype(dtype)
-    config = SlowFastConfig.from_file(directory / "config.json")
-    reader = CheckpointReader(directory)
-    if vocab_rows is not None and not 0 < vocab_rows <= config.text.vocab_size:
-        raise ValueError(f"{directory}: tokenizer length {vocab_rows} exceeds config vocab_size {config.text.vocab_size}")
-    model = build_model(config, reader.shapes, vocab_rows=vocab_rows, device="meta")
-    model_shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
-    rows = {"embed_tokens.weight": model.vocab_rows, "decoder.lm_head.weight": model.vocab_rows}
-    report = plan_mapping(reader.shapes, model_shapes, row_overrides=rows)
-    if not report.ok:
-        raise ValueError(report.error_message(str(directory)))
-    state = {}
-    for upstream, ours in report.mapping.items():
-        tensor = reader.tensor(upstream)
-        if ours in rows:
-            tensor = tensor[: model_shapes[ours][0]]
-        state[ours] = tensor.to(device=device, dtype=torch_dtype).contiguous()
-    model.load_state_dict(state, strict=False, assign=True)
-    if config.text.tie_word_embeddings:
-        model.decoder.lm_head.weight = model.embed_tokens.weight
-    leftover = [n for n, p in model.named_parameters() if p.is_meta]
-    if leftover:
-        raise ValueError(f"{directory}: parameters left unloaded: {', '.join(leftover[:8])}")
-    return model.eval()
+    # open_model checks every name and shape; then read the tensors of the requested parts.
+    model = open_model(ckpt, dtype=dtype, vocab_rows=vocab_rows)
+    materialize(model, [PARTS[p] for p in parts] if parts is not None else [""], device=device)
+    return model

@@ -12,18 +12,14 @@ import json
 import shutil
 import subprocess
 import sys
-import types
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from slowfast_trt import __version__
 from slowfast_trt.export import cli
 from slowfast_trt.export.manifest import check_manifest, checkpoint_fingerprint, load_manifest
-from slowfast_trt.export.specs import SubgraphSpec, TensorSpec
 from slowfast_trt.export.trt_lint import lint_model
-from test_strip_functions import DATA_FILE, build_cross_attention_model, save_with_external_data
 
 TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json"}
 

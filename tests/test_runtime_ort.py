@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from slowfast_trt.reference import ReferenceGenerator
 from slowfast_trt.runtime_api import SlowFastRuntime

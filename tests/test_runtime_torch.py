@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from slowfast_trt.prompt import ChatTurn, Conversation
 from slowfast_trt.reference import ReferenceGenerator
