@@ -92,11 +92,9 @@ def stderr_progress() -> Progress:
 
 def tensorrt_missing() -> str | None:
     """None when ``import tensorrt`` works, else why not."""
-    try:
-        import tensorrt  # noqa: F401
-    except Exception as exc:  # ImportError, or a broken install failing to load its libraries
-        return f"{type(exc).__name__}: {exc}"
-    return None
+    from ..trt_import import tensorrt_import_error
+
+    return tensorrt_import_error()
 
 
 def check_output(out: Path, force: bool) -> None:

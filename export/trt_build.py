@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Callable, Mapping
 
+from ..trt_import import import_tensorrt as _import_tensorrt
 from . import trt_plan as P
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "slowfast_trt"
@@ -24,14 +25,7 @@ DEFAULT_CACHE_DIR = Path.home() / ".cache" / "slowfast_trt"
 
 def import_tensorrt():
     """``import tensorrt``, or a ValueError saying what to do instead."""
-    try:
-        import tensorrt
-    except Exception as exc:  # ImportError, or a broken install failing to load its libraries
-        raise ValueError(
-            f"TensorRT is not available (import tensorrt failed: {type(exc).__name__}: {exc}); build the "
-            "engines on the target device (JetPack ships TensorRT), or export with --onnx-only"
-        ) from None
-    return tensorrt
+    return _import_tensorrt("build the engines on the target device (JetPack ships TensorRT), or export with --onnx-only")
 
 
 def _logger(trt, messages: list):

@@ -29,6 +29,7 @@ from typing import Mapping
 
 import torch
 
+from ..trt_import import import_tensorrt as _import_tensorrt
 from .engine import (
     DECODE_PROFILE,
     Engine,
@@ -49,14 +50,7 @@ _PLUGIN_LOADED: set[str] = set()
 
 def import_tensorrt():
     """``import tensorrt``, or an ``EngineError`` saying what to do instead."""
-    try:
-        import tensorrt
-    except Exception as exc:  # ImportError, or a broken install failing to load its libraries
-        raise EngineError(
-            f"TensorRT is not available (import tensorrt failed: {type(exc).__name__}: {exc}); "
-            "install TensorRT, or load the export folder with backend='onnxruntime'"
-        ) from None
-    return tensorrt
+    return _import_tensorrt("install TensorRT, or load the export folder with backend='onnxruntime'", EngineError)
 
 
 def tensorrt_available() -> bool:
@@ -140,14 +134,6 @@ class TrtEngine(Engine):
         other.__dict__.update(self.__dict__)
         other.profile, other._context = profile, self._create_context(profile)
         return other
-
-    @property
-    def inputs(self) -> tuple[TensorInfo, ...]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> tuple[TensorInfo, ...]:
-        return self._outputs
 
     def run(self, feeds: Mapping[str, torch.Tensor], outputs: Mapping[str, torch.Tensor] | None = None):
         context, outputs = self._context, dict(outputs or {})
