@@ -201,16 +201,18 @@ class Engine(ABC):
 
     name: str
     device: torch.device
+    _inputs: tuple[TensorInfo, ...]  # set by each implementation from its graph or engine
+    _outputs: tuple[TensorInfo, ...]
 
     @property
-    @abstractmethod
     def inputs(self) -> tuple[TensorInfo, ...]:
         """Input descriptions, in the graph's order."""
+        return self._inputs
 
     @property
-    @abstractmethod
     def outputs(self) -> tuple[TensorInfo, ...]:
         """Output descriptions, in the graph's order."""
+        return self._outputs
 
     @abstractmethod
     def run(

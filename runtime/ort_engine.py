@@ -84,14 +84,6 @@ class OrtEngine(Engine):
         self._device_type = "cuda" if self.device.type == "cuda" else "cpu"
         self._device_id = self.device.index or 0
 
-    @property
-    def inputs(self) -> tuple[TensorInfo, ...]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> tuple[TensorInfo, ...]:
-        return self._outputs
-
     def _bind(self, kind: str, name: str, tensor: torch.Tensor) -> None:
         if tensor.device != self.device and not (tensor.device.type == self.device.type == "cpu"):
             raise EngineError(f"{self.name}: {name} is on {tensor.device}, the engine runs on {self.device}")

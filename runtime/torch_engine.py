@@ -52,14 +52,6 @@ class TorchEngine(Engine):
         self._outputs = outputs
         self.validate = validate
 
-    @property
-    def inputs(self) -> tuple[TensorInfo, ...]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> tuple[TensorInfo, ...]:
-        return self._outputs
-
     def run(self, feeds: Mapping[str, torch.Tensor], outputs: Mapping[str, torch.Tensor] | None = None):
         if self.validate:
             check_feeds(self.name, self._inputs, feeds)
