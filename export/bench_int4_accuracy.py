@@ -114,7 +114,8 @@ def run_prompt(sessions, inputs, prompt, tokens: int, forced: list[int] | None =
     With ``forced``, step i feeds ``forced[i]`` instead of this model's own choice."""
     decoder, nocross = sessions
     length = prompt["length"]
-    feeds = {"inputs_embeds": prompt["embeds"], "position_ids": np.arange(length)[None], **_empty_cache(inputs),
+    feeds = {"inputs_embeds": prompt["embeds"], "position_ids": np.arange(length)[None],
+             "past_length": np.array([0]), **_empty_cache(inputs),
              **inputs["slow"], "cross_rows": prompt["rows"], "cross_row_offsets": prompt["offsets"]}
     names = [o.name for o in decoder.get_outputs()]
     outputs = dict(zip(names, decoder.run(names, feeds)))
@@ -125,7 +126,8 @@ def run_prompt(sessions, inputs, prompt, tokens: int, forced: list[int] | None =
         all_logits.append(logits)
         chosen.append(int(np.argmax(logits)))
         token = forced[step] if forced is not None else chosen[-1]
-        feeds = {"inputs_embeds": inputs["table"][token][None, None], "position_ids": np.array([[length + step]]), **cache}
+        feeds = {"inputs_embeds": inputs["table"][token][None, None], "position_ids": np.array([[length + step]]),
+                 "past_length": np.array([length + step]), **cache}
         outputs = dict(zip(nocross_names, nocross.run(nocross_names, feeds)))
         cache = _append(cache, outputs)
     return np.stack(all_logits), chosen

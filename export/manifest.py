@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 MANIFEST_NAME = "manifest.json"
-FORMAT = 1
+FORMAT = 2  # 2: decoders take past_length (static-shape decode steps)
 HASH_METHOD = (
     "sha256 over config.json, model.safetensors.index.json if present, and per weight file: name, size, "
     "safetensors header (.bin: first and last MiB)"

@@ -6,6 +6,7 @@ Decoder forward (batch B, L new rows, P cached rows, Ns slow tokens, R attending
 |--------------------|------------------------------|--------|------------------------------------------------|
 | inputs_embeds      | (B, L, hidden)               | T      | merged text embeddings and fast visual tokens  |
 | position_ids       | (B, L)                       | int64  | absolute positions (P .. P+L-1)                |
+| past_length        | (1,)                         | int64  | valid past rows: rows >= it are not attended   |
 | past_keys[i]       | (B, P, kv_heads, head_dim)   | T      | KV cache of layer i (layout ``KV_CACHE``)      |
 | past_values[i]     | (B, P, kv_heads, head_dim)   | T      |                                                |
 | slow_keys[j]       | (B, kv_heads, Ns, head_dim)  | T      | slow K of hybrid layer j (layout ``SLOW_KV``)  |
@@ -16,6 +17,16 @@ Decoder forward (batch B, L new rows, P cached rows, Ns slow tokens, R attending
 | -> logits          | (B, vocab) or (B, L, vocab)  | T      | last position, or all with ``all_logits``      |
 | -> new_keys[i]     | (B, L, kv_heads, head_dim)   | T      | rows to append to the KV cache                 |
 | -> new_values[i]   | (B, L, kv_heads, head_dim)   | T      |                                                |
+
+``past_length`` lets one graph serve two ways of passing the cache. Dynamic: the past is the
+valid prefix (P = past_length), as in prefill. Static: the past is the whole preallocated
+cache (P = max_len, every step the same shapes and addresses, what a CUDA graph replays) and
+``past_length`` masks the rows not yet written. Rows at or beyond ``past_length`` must hold
+finite values (the runtime's cache is zero-filled): a masked probability is exactly 0, and
+0 x finite = 0. Omitted (None), it is P. The new rows' keys attend causally among themselves.
+Attention is computed as two blocks, past and new, sharing one softmax, so the cache is read
+in place and never concatenated with the new rows (a copy of the whole cache per layer and
+step in a static graph).
 
 Hybrid layer math (upstream ``Qwen2HybridFlashAttention2.onlytext2media_cross_attn``): the
 attending rows take the post-RoPE self-attention queries, attend to the layer-normed and
@@ -77,25 +88,36 @@ class MLP(nn.Module):
         return self.down_proj(nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past: int) -> torch.Tensor:
-    """GQA causal attention. q: (B, L, H, D); k, v: (B, P+L, Hkv, D) -> (B, L, H*D).
+def causal_attention(q, past_k, past_v, k, v, past_length=None) -> torch.Tensor:
+    """GQA attention of L new rows over the past and themselves.
 
-    Row l sees keys 0 .. past + l. Scores and softmax in float32 for half inputs.
+    q: (B, L, H, D); past_k/past_v: (B, P, Hkv, D); k/v: (B, L, Hkv, D) -> (B, L, H*D).
+    Row l sees past rows < ``past_length`` (a (1,) int64 tensor; None: all P) and new rows
+    0 .. l. Scores and softmax in float32 for half inputs (float64 stays float64).
     """
     bsz, length, heads, dim = q.shape
-    kv_heads = k.shape[2]
+    kv_heads, past = k.shape[2], past_k.shape[1]
     groups = heads // kv_heads
     compute = torch.float64 if q.dtype == torch.float64 else torch.float32
     qg = q.to(compute).reshape(bsz, length, kv_heads, groups, dim).permute(0, 2, 3, 1, 4)  # B,Hkv,G,L,D
-    kt = k.to(compute).permute(0, 2, 3, 1)[:, :, None]  # B,Hkv,1,D,S
-    vt = v.to(compute).permute(0, 2, 1, 3)[:, :, None]  # B,Hkv,1,S,D
-    scores = torch.matmul(qg, kt) * (dim**-0.5)
-    total = k.shape[1]
-    key_pos = torch.arange(total, device=q.device)
-    row_pos = torch.arange(length, device=q.device) + past
-    allowed = key_pos[None, :] <= row_pos[:, None]
-    scores = scores.masked_fill(~allowed, float("-inf"))
-    ctx = torch.matmul(torch.softmax(scores, dim=-1), vt)  # B,Hkv,G,L,D
+
+    def block_scores(keys):  # (B, S, Hkv, D) -> B,Hkv,G,L,S
+        return torch.matmul(qg, keys.to(compute).permute(0, 2, 3, 1)[:, :, None]) * (dim**-0.5)
+
+    new_pos = torch.arange(length, device=q.device)
+    causal = new_pos[None, :] <= new_pos[:, None]  # (L, L)
+    scores_new = block_scores(k).masked_fill(~causal, float("-inf"))
+    scores_past = block_scores(past_k)
+    if past_length is not None:
+        valid = torch.arange(past, device=q.device) < past_length  # (P,)
+        scores_past = scores_past.masked_fill(~valid, float("-inf"))
+    probs = torch.softmax(torch.cat((scores_past, scores_new), dim=-1), dim=-1)
+    probs_past, probs_new = probs[..., :past], probs[..., past:]
+
+    def block_context(p, values):  # B,Hkv,G,L,S x (B, S, Hkv, D) -> B,Hkv,G,L,D
+        return torch.matmul(p, values.to(compute).permute(0, 2, 1, 3)[:, :, None])
+
+    ctx = block_context(probs_past, past_v) + block_context(probs_new, v)
     return ctx.permute(0, 3, 1, 2, 4).reshape(bsz, length, heads * dim).to(q.dtype)
 
 
@@ -157,15 +179,13 @@ class DecoderLayer(nn.Module):
         assert self.cross is not None
         return self.cross.project_slow(self.input_layernorm(slow_tokens))
 
-    def forward(self, x, cos, sin, past_key, past_value, slow=None):
+    def forward(self, x, cos, sin, past_key, past_value, slow=None, past_length=None):
         bsz, length, _ = x.shape
         h = self.input_layernorm(x)
         q = apply_rope(self.q_proj(h).view(bsz, length, self.num_heads, self.head_dim), cos, sin)
         k = apply_rope(self.k_proj(h).view(bsz, length, self.num_kv_heads, self.head_dim), cos, sin)
         v = self.v_proj(h).view(bsz, length, self.num_kv_heads, self.head_dim)
-        keys = torch.cat((past_key, k), dim=1)
-        values = torch.cat((past_value, v), dim=1)
-        attn = causal_attention(q, keys, values, past_key.shape[1])
+        attn = causal_attention(q, past_key, past_value, k, v, past_length)
         if self.cross is not None and slow is not None:
             attn = self._add_cross_attention(attn, q, *slow)
         x = x + self.o_proj(attn)
@@ -213,6 +233,7 @@ class HybridDecoder(nn.Module):
         position_ids: torch.Tensor,
         past_keys: list[torch.Tensor],
         past_values: list[torch.Tensor],
+        past_length: torch.Tensor | None = None,
         slow_keys: list[torch.Tensor] | None = None,
         slow_values: list[torch.Tensor] | None = None,
         slow_lengths: torch.Tensor | None = None,
@@ -230,7 +251,7 @@ class HybridDecoder(nn.Module):
             if attend and layer.is_hybrid:
                 j = hybrid_index[i]
                 slow = (slow_keys[j], slow_values[j], slow_lengths, cross_rows, cross_row_offsets)
-            x, k, v = layer(x, cos, sin, past_keys[i], past_values[i], slow)
+            x, k, v = layer(x, cos, sin, past_keys[i], past_values[i], slow, past_length)
             new_keys.append(k)
             new_values.append(v)
         x = self.norm(x if all_logits else x[:, -1])

@@ -11,6 +11,9 @@ runtime and the tests.
 | embed           | embed_tokens.npy     | not a graph: the (vocab_rows, hid) table the runtime gathers from  |
 
 ``decoder`` inputs: ``inputs_embeds`` (1, seq, hid), ``position_ids`` (1, seq) int64,
+``past_length`` (1,) int64 (past rows at or beyond it are not attended: the past may be the
+valid prefix of the cache, past = past_length, or the whole cache, past = max_seq_len, which
+gives decode steps static shapes for CUDA graphs; see :mod:`slowfast_trt.export.qwen2`),
 ``past_key_i``/``past_value_i`` (1, past, Hkv, D) for every layer i, ``slow_key_j``/
 ``slow_value_j`` (1, Hkv, slow_tokens, D) for every hybrid layer j (j counts hybrid layers),
 ``slow_lengths`` (1,) int32, ``cross_rows`` (rows,) int64, ``cross_row_offsets`` (2,) int32;
@@ -129,12 +132,17 @@ def _check(precision: str, frames: int, max_seq_len: int, config: SlowFastConfig
 def _decoder(config, precision, max_seq_len, max_slow, vocab_rows, cross: bool) -> SubgraphSpec:
     text = config.text
     kv, dim, hid = text.num_kv_heads, text.head_dim, text.hidden_size
-    inputs = [TensorSpec("inputs_embeds", (1, "seq", hid), precision), TensorSpec("position_ids", (1, "seq"), "int64")]
+    inputs = [
+        TensorSpec("inputs_embeds", (1, "seq", hid), precision),
+        TensorSpec("position_ids", (1, "seq"), "int64"),
+        TensorSpec("past_length", (1,), "int64"),
+    ]
     outputs = [TensorSpec("logits", (1, vocab_rows), precision)]
     for i in range(text.num_layers):
         inputs += [TensorSpec(f"past_{kind}_{i}", (1, "past", kv, dim), precision) for kind in ("key", "value")]
         outputs += [TensorSpec(f"new_{kind}_{i}", (1, "seq", kv, dim), precision) for kind in ("key", "value")]
-    dims = [("seq", 1, max_seq_len), ("past", 0, max_seq_len - 1)]
+    # past = max_seq_len: a static-shape decode step over the whole cache (past_length masks it)
+    dims = [("seq", 1, max_seq_len), ("past", 0, max_seq_len)]
     if cross:
         for j in range(len(config.cross_attn.hybrid_layers)):
             inputs += [

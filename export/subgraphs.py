@@ -155,14 +155,14 @@ class DecoderGraph(ExportGraph):
         self.num_layers = len(decoder.layers)
         self.num_hybrid = len(decoder.hybrid_layer_ids)
 
-    def compute(self, inputs_embeds, position_ids, *tensors):
+    def compute(self, inputs_embeds, position_ids, past_length, *tensors):
         layers = 2 * self.num_layers
         past, rest = tensors[:layers], tensors[layers:]
-        kwargs = {}
+        kwargs = {"past_length": past_length}
         if self.cross:
             slow = rest[: 2 * self.num_hybrid]
             slow_lengths, cross_rows, cross_row_offsets = rest[2 * self.num_hybrid :]
-            kwargs = dict(
+            kwargs.update(
                 slow_keys=list(slow[0::2]),
                 slow_values=list(slow[1::2]),
                 slow_lengths=slow_lengths,
@@ -265,6 +265,8 @@ def decoder_example_inputs(spec: S.SubgraphSpec, device, gen: torch.Generator, s
     for t in spec.inputs:
         if t.name == "position_ids":
             args.append(torch.arange(past, past + seq, device=device)[None])
+        elif t.name == "past_length":
+            args.append(torch.tensor([past], device=device))
         elif t.name == "slow_lengths":
             args.append(torch.tensor([slow], dtype=torch.int32, device=device))
         elif t.name == "cross_rows":

@@ -48,7 +48,7 @@ from onnx import GraphProto, ModelProto, NodeProto, TensorProto
 
 OPS_PATH = Path(__file__).with_name("trt_onnx_ops.json")
 OP_SCHEMA_PATH = Path(__file__).with_name("cross_attention_op.json")
-INT64_INPUTS = frozenset({"input_ids", "position_ids", "cross_rows"})
+INT64_INPUTS = frozenset({"input_ids", "position_ids", "past_length", "cross_rows"})
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 # Names exporters generate for dims nobody named: torch.export symbols (s0, s12), ONNX shape
 # inference (unk__3), and symbolic expressions ("s0 + 1", "2*s1").

@@ -10,14 +10,18 @@ Engines per export folder (one per ONNX subgraph; the embedding table is not a g
 | pooler          | none (static shapes, fixed frame count)                                         |
 | slow_kv         | ``slow_tokens``: slow tokens of the fewest / export / most supported frames     |
 | decoder         | 0 ``prefill``: seq 1 / fast + 64 / R, past 0 / 0 / L-1, rows 0 / 64 / R;          |
-|                 | 1 ``decode``: seq 1 / 1 / 1, past 0 / fast + 192 / L-1, rows 0 / 1 / 1;          |
+|                 | 1 ``decode``: seq 1 / 1 / 1, past L / L / L (static), rows 0 / 1 / 1;             |
 |                 | both: slow_tokens 1 (text-only prompts) / as slow_kv. One engine: weights once.  |
 |                 | (L = max_seq_len, R = ``max_prefill_rows``, default L)                           |
 | decoder_nocross | the same two profiles without rows and slow tokens                              |
 
-Profile 0 of the decoders covers every step (seq 1..R), so a runtime that never switches
-profiles still runs decode steps; a second execution context on profile 1 gets kernels
-tuned for one row. TensorRT sizes activation memory by each profile's max shapes.
+Profile 0 of the decoders covers every call with the past as the cache's valid prefix
+(seq 1..R), so a runtime that never switches profiles still runs decode steps. Profile 1 is
+the static decode step: one row over the whole preallocated cache (``past_length`` masks the
+rows not yet written), the same shapes and addresses every step, so the runtime captures it
+once in a CUDA graph and replays it (:mod:`slowfast_trt.runtime.decode_graph`), on a second
+execution context with kernels tuned for one row. TensorRT sizes activation memory by each
+profile's max shapes.
 
 Precision (``fp32``, ``fp16``, ``bf16``, ``int4-awq``), the same for every subgraph except the
 INT4 weights, which only the decoders have:
@@ -53,7 +57,6 @@ ENGINE_FORMAT = 1
 PRECISIONS = ("fp32", "fp16", "bf16", "int4-awq")
 _ALIASES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "int4_awq": "int4-awq"}
 PROMPT_TEXT_TOKENS = 64  # text rows of a typical prompt (system + question + headers)
-DECODE_OPT_TOKENS = 128  # generated tokens the decode profile is tuned for
 _REBUILD = "rebuild the engines on this device: python -m slowfast_trt.export --ckpt CKPT --out DIR --force"
 
 
@@ -155,7 +158,8 @@ def decoder_profiles(spec: S.SubgraphSpec, max_seq_len: int, fast_tokens: int, s
     prompt = min(fast_tokens + PROMPT_TEXT_TOKENS, rows_max)
     names = {d for d, _, _ in spec.dims}
     prefill = {"seq": (1, prompt, rows_max), "past": (0, 0, length - 1)}
-    decode = {"seq": (1, 1, 1), "past": (0, min(prompt + DECODE_OPT_TOKENS, length - 1), length - 1)}
+    # Static: the whole cache every step (past_length masks it), so a CUDA graph replays it.
+    decode = {"seq": (1, 1, 1), "past": (length, length, length)}
     if "rows" in names:
         prefill["rows"] = (0, min(PROMPT_TEXT_TOKENS, rows_max), rows_max)
         decode["rows"] = (0, 1, 1)

@@ -37,7 +37,7 @@ __all__ = [
     "data_pointer",
     "dtype_name",
     "numpy_dtype",
-    "profile_for_rows",
+    "profile_for_step",
     "resolve_output_shape",
     "torch_dtype",
 ]
@@ -252,29 +252,35 @@ def check_profile(engine: str, profile: int, num_profiles: int) -> int:
     return profile
 
 
-def profile_for_rows(num_profiles: int, rows: int) -> int:
-    """Which decoder profile runs a call of ``rows`` new rows: one-row decode steps the decode
-    profile (kernels tuned for one row) when the engine has it, everything else profile 0
-    (prefill, which covers every shape)."""
-    return DECODE_PROFILE if num_profiles > DECODE_PROFILE and rows == 1 else PREFILL_PROFILE
+def profile_for_step(num_profiles: int, rows: int, past: int, full_cache: int) -> int:
+    """Which decoder profile runs a call of ``rows`` new rows over ``past`` cached rows.
+
+    The decode profile (static shapes: one row over the whole ``full_cache``-row cache, what a
+    CUDA graph replays) when the engine has it and the call is such a step; everything else
+    profile 0 (prefill, which covers every shape with the past as the cache's valid prefix).
+    """
+    static_step = rows == 1 and past == full_cache
+    return DECODE_PROFILE if num_profiles > DECODE_PROFILE and static_step else PREFILL_PROFILE
 
 
 class ProfileRouter(Engine):
     """One engine seen through one execution context per optimisation profile.
 
     ``contexts[p]`` runs profile ``p`` (all share the engine's weights); each call goes to
-    the profile :func:`profile_for_rows` picks from dimension ``rows_dim`` of input
-    ``rows_input``. The contexts run one at a time on the same stream.
+    the profile :func:`profile_for_step` picks from the rows of ``inputs_embeds`` (dim 1) and
+    the past rows of ``past_key_0`` (dim 1) against ``full_cache`` (the KV cache length, the
+    decode profile's fixed past). The contexts run one at a time on the same stream.
     """
 
-    def __init__(self, contexts: Sequence[Engine], rows_input: str = "inputs_embeds", rows_dim: int = 1):
+    def __init__(self, contexts: Sequence[Engine], full_cache: int):
         if not contexts:
             raise EngineError("ProfileRouter needs at least one context")
-        if rows_input not in contexts[0].input_names:
-            raise EngineError(f"{contexts[0].name}: no input {rows_input} to choose a profile by")
+        for name in ("inputs_embeds", "past_key_0"):
+            if name not in contexts[0].input_names:
+                raise EngineError(f"{contexts[0].name}: no input {name} to choose a profile by")
         self.contexts = tuple(contexts)
         self.name, self.device = contexts[0].name, contexts[0].device
-        self._rows_input, self._rows_dim = rows_input, rows_dim
+        self.full_cache = full_cache
 
     @property
     def inputs(self) -> tuple[TensorInfo, ...]:
@@ -286,10 +292,11 @@ class ProfileRouter(Engine):
 
     def pick(self, feeds: Mapping[str, torch.Tensor]) -> Engine:
         """The context that runs ``feeds``."""
-        tensor = feeds.get(self._rows_input)
-        if tensor is None:
-            raise EngineError(f"{self.name}: missing input {self._rows_input}")
-        return self.contexts[profile_for_rows(len(self.contexts), int(tensor.shape[self._rows_dim]))]
+        rows, past = (feeds.get(name) for name in ("inputs_embeds", "past_key_0"))
+        if rows is None or past is None:
+            raise EngineError(f"{self.name}: missing input {'inputs_embeds' if rows is None else 'past_key_0'}")
+        profile = profile_for_step(len(self.contexts), int(rows.shape[1]), int(past.shape[1]), self.full_cache)
+        return self.contexts[profile]
 
     def run(self, feeds: Mapping[str, torch.Tensor], outputs: Mapping[str, torch.Tensor] | None = None):
         return self.pick(feeds).run(feeds, outputs)

@@ -125,6 +125,10 @@ class VideoState:
             outputs[k_name], outputs[v_name] = k, v
         model.engines["slow_kv"].run({"slow_tokens": self.slow}, outputs=outputs)
 
+    @property
+    def released(self) -> bool:
+        return self.fast is None
+
     def release(self) -> None:
         self.fast = self.slow = None
         self.slow_keys, self.slow_values = [], []
@@ -333,6 +337,7 @@ class VideoSession:
             self._on_close(kv)
         else:
             kv.release()
+        self._runner.forget_released()  # static decode steps bound to what was just released
 
     def __enter__(self) -> "VideoSession":
         return self

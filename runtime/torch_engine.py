@@ -92,6 +92,7 @@ def _stage_functions(model: SlowFastModel) -> dict:
             feeds["position_ids"],
             [feeds[f"past_key_{i}"] for i in range(layers)],
             [feeds[f"past_value_{i}"] for i in range(layers)],
+            past_length=feeds["past_length"],
             slow_keys=[feeds[f"slow_key_{j}"] for j in range(hybrid)],
             slow_values=[feeds[f"slow_value_{j}"] for j in range(hybrid)],
             slow_lengths=feeds["slow_lengths"],

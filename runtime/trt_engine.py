@@ -164,12 +164,13 @@ class TrtEngine(Engine):
         self._context = self._engine = self._runtime = None
 
 
-def with_decode_context(engine: TrtEngine) -> Engine:
-    """A decoder engine with two profiles as a :class:`ProfileRouter`: one-row steps on a
-    second context on the decode profile, everything else on profile 0; else ``engine``."""
+def with_decode_context(engine: TrtEngine, max_seq_len: int) -> Engine:
+    """A decoder engine with two profiles as a :class:`ProfileRouter`: static decode steps
+    (one row over the whole ``max_seq_len``-row cache) on a second context on the decode
+    profile, everything else on profile 0; else ``engine``."""
     if engine.num_profiles <= DECODE_PROFILE:
         return engine
-    return ProfileRouter((engine, engine.context_on(DECODE_PROFILE)))
+    return ProfileRouter((engine, engine.context_on(DECODE_PROFILE)), full_cache=max_seq_len)
 
 
 def check_engine_folder(path: str | Path, device: torch.device) -> dict:

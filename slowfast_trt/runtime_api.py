@@ -56,9 +56,9 @@ class SlowFastRuntime:
     """A loaded model: engines, tokenizer and a spare KV cache. One generation at a time."""
 
     def __init__(self, model: RuntimeModel, decode_mode: str = "upstream", default_frames: int | None = None,
-                 source: str = ""):
+                 source: str = "", decode_steps: str = "auto"):
         self._model = model
-        self._runner = DecoderRunner(model)
+        self._runner = DecoderRunner(model, decode_steps)
         self.decode_mode = check_decode_mode(decode_mode)
         self.default_frames = model.frames or default_frames or 64
         self.source = source
@@ -70,7 +70,8 @@ class SlowFastRuntime:
     def load(cls, source: str | os.PathLike, backend: str = "auto", device: str | torch.device | None = None, *,
              decode_mode: str = "upstream", dtype: str | None = None, frames: int | None = None,
              max_seq_len: int | None = None, threads: int | None = None,
-             checkpoint: str | os.PathLike | None = None, vision_batch: int | None = None) -> "SlowFastRuntime":
+             checkpoint: str | os.PathLike | None = None, vision_batch: int | None = None,
+             decode_steps: str = "auto") -> "SlowFastRuntime":
         """Load an export folder or a checkpoint.
 
         Args:
@@ -90,6 +91,11 @@ class SlowFastRuntime:
                 this checkpoint (its fingerprint is in the manifest).
             vision_batch: run the vision tower on this many frames at a time (bounds its
                 activation memory, e.g. on Jetson); default all frames in one call.
+            decode_steps: how one-token steps run (:mod:`slowfast_trt.runtime.decode_graph`):
+                ``auto`` (``cuda-graph`` for TensorRT and torch on CUDA, else ``dynamic``),
+                ``dynamic`` (the past is the cache's valid rows), ``static`` (the whole cache
+                with a length mask, eager) or ``cuda-graph`` (static, captured once per video
+                and replayed).
         """
         if vision_batch is not None and (isinstance(vision_batch, bool) or not isinstance(vision_batch, int) or vision_batch < 1):
             raise ValueError(f"vision_batch must be a positive integer or None, got {vision_batch!r}")
@@ -105,10 +111,11 @@ class SlowFastRuntime:
                 if value is not None and value != fixed[name]:
                     raise ValueError(f"{name}={value!r}, but the export folder {path} was built with {name} {fixed[name]}")
             model.vision_batch = vision_batch
-            return cls(model, decode_mode, source=str(path))
+            return cls(model, decode_mode, source=str(path), decode_steps=decode_steps)
         model, default_frames = load_checkpoint(source, backend, device, dtype or "float32", max_seq_len)
         model.vision_batch = vision_batch
-        return cls(model, decode_mode, default_frames=frames or default_frames, source=str(source))
+        return cls(model, decode_mode, default_frames=frames or default_frames, source=str(source),
+                   decode_steps=decode_steps)
 
     # -- properties -------------------------------------------------------------------------
 
@@ -141,7 +148,7 @@ class SlowFastRuntime:
         return {
             "backend": self.backend, "device": str(self.device), "dtype": str(self._model.dtype).replace("torch.", ""),
             "frames": self.frames, "default_frames": self.default_frames, "max_seq_len": self.max_seq_len,
-            "decode_mode": self.decode_mode, "source": self.source,
+            "decode_mode": self.decode_mode, "decode_steps": self._runner.decode_steps, "source": self.source,
         }
 
     # -- questions --------------------------------------------------------------------------
@@ -200,6 +207,7 @@ class SlowFastRuntime:
         for kv in self._spare_caches:
             kv.release()
         self._spare_caches = []
+        self._runner.forget_released()
         for engine in self._model.engines.values():
             engine.close()
 
@@ -411,9 +419,9 @@ def _open_engines(path: Path, manifest: dict, backend: str, device: torch.device
             raise ValueError(f"{path}: the manifest lists no TensorRT engine for {', '.join(missing)}; {_REBUILD}")
         check_engine_folder(path, device)  # before deserializing: another TensorRT or GPU -> "rebuild"
         engines = {n: TrtEngine(n, path / files[n], device) for n in names if n in files}
-        for name in ("decoder", "decoder_nocross"):  # one-row decode steps on the decode profile
+        for name in ("decoder", "decoder_nocross"):  # static decode steps on the decode profile
             if name in engines:
-                engines[name] = with_decode_context(engines[name])
+                engines[name] = with_decode_context(engines[name], int(manifest["max_seq_len"]))
     else:
         from .runtime.ort_engine import load_ort_engines
 

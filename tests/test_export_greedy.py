@@ -53,7 +53,8 @@ class OnnxPipeline:
 
     def _step(self, embeds, start, cache, slow=None, attend=None):
         past_keys, past_values = cache
-        feeds = {"inputs_embeds": embeds[None], "position_ids": np.arange(start, start + len(embeds))[None]}
+        feeds = {"inputs_embeds": embeds[None], "position_ids": np.arange(start, start + len(embeds))[None],
+                 "past_length": np.array([past_keys[0].shape[1]])}
         for i, (k, v) in enumerate(zip(past_keys, past_values)):
             feeds[f"past_key_{i}"], feeds[f"past_value_{i}"] = k, v
         name = S.DECODER_NOCROSS

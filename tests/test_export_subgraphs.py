@@ -289,7 +289,8 @@ def _torch_decoder(model, case, cross: bool):
 
 
 def _onnx_decoder(exported, case, cross: bool):
-    feeds = {"inputs_embeds": case["embeds"], "position_ids": case["positions"]}
+    feeds = {"inputs_embeds": case["embeds"], "position_ids": case["positions"],
+             "past_length": torch.tensor([case["past_keys"][0].shape[1]])}
     for i, (k, v) in enumerate(zip(case["past_keys"], case["past_values"])):
         feeds[f"past_key_{i}"], feeds[f"past_value_{i}"] = k, v
     if cross:
