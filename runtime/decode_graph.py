@@ -29,7 +29,12 @@ valid ones.
 
 A step is keyed by the addresses and shapes of everything bound (engine, cache buffers,
 slow K/V): a graph stays valid exactly as long as those tensors live where it recorded
-them, so a new video or cache gets a new capture, and the few most recent are kept.
+them, so a new video or cache gets a new capture, and the few most recent are kept. Each
+captured step runs on an engine state of its own (:meth:`Engine.for_capture`: a TensorRT
+execution context per graph, small on the one-row decode profile), because a graph replays
+the activation memory and per-shape setup of the context it was captured on, and another
+shape set on a shared context (another video's slow tokens, a text-only prompt) would
+change them under it.
 """
 
 from __future__ import annotations
@@ -79,7 +84,11 @@ class StaticDecodeStep:
 
     def __init__(self, engine: Engine, kv, fixed: Mapping[str, torch.Tensor], logits: torch.Tensor, capture: bool):
         spec, device = kv.spec, kv.spec.device
-        self.engine, self.kv, self.capture = engine, kv, capture
+        # A captured step gets its own engine state (a TensorRT context of its own).
+        self.engine = engine.for_capture() if capture else engine
+        self._owns_engine = self.engine is not engine
+        self.kv, self.capture = kv, capture
+        engine = self.engine
         hidden = next(i for i in engine.inputs if i.name == "inputs_embeds").shape[-1]
         self.embeds = torch.zeros((1, 1, hidden), dtype=spec.dtype, device=device)
         self.position = torch.zeros((1, 1), dtype=torch.int64, device=device)
@@ -131,6 +140,7 @@ class StaticDecodeStep:
         side.wait_stream(current)
         with torch.cuda.stream(side), torch.no_grad():
             self._body()
+        side.synchronize()  # TensorRT: enqueue once and wait before capturing the same shapes
         current.wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph), torch.no_grad():
@@ -141,6 +151,9 @@ class StaticDecodeStep:
         if self.graph is not None:
             self.graph.reset()
         self.graph = None
+        if self._owns_engine:
+            self.engine.close()
+            self._owns_engine = False
 
 
 def _binding_key(engine: Engine, kv, fixed: Mapping[str, torch.Tensor]) -> tuple:

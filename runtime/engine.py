@@ -228,6 +228,13 @@ class Engine(ABC):
     def close(self) -> None:
         """Release the engine's resources; the default has none to release."""
 
+    def for_capture(self) -> "Engine":
+        """An engine for one CUDA graph: its execution state (TensorRT context, activation
+        memory, per-shape setup) is used by no other caller, since a graph replays the state
+        as captured. Stateless engines return themselves; the caller closes what it got when
+        it is not ``self``."""
+        return self
+
     @property
     def input_names(self) -> tuple[str, ...]:
         return tuple(info.name for info in self.inputs)
@@ -303,6 +310,10 @@ class ProfileRouter(Engine):
 
     def synchronize(self) -> None:
         self.contexts[0].synchronize()
+
+    def for_capture(self) -> Engine:
+        """A dedicated engine for the calls captured in graphs: static decode steps."""
+        return self.contexts[profile_for_step(len(self.contexts), 1, self.full_cache, self.full_cache)].for_capture()
 
     def close(self) -> None:
         for context in reversed(self.contexts):  # the profile contexts before the engine's owner

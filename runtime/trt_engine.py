@@ -7,19 +7,14 @@ a TensorRT call (dtype names, shape checks, dummy addresses for empty tensors) i
 tested code of :mod:`slowfast_trt.runtime.engine`.
 
 Decoder engines have a prefill profile (0) and a decode profile (1): :func:`with_decode_context`
-puts a second context of the same engine on profile 1 and routes one-row calls to it.
-
-Design note, not implemented: CUDA-graph capture of decode steps. A graph replays fixed
-shapes and addresses, but a decode step's ``past_*`` inputs grow by one row per step, so
-TensorRT picks new shapes (and may pick other tactics) every step and the captured graph is
-stale. Capturing would take a second decoder graph with static shapes: ``past_*`` always the
-full preallocated cache (``max_seq_len`` rows, the cache buffers themselves, so addresses never
-change), a ``past_length`` int32 input masking rows at or beyond it in self-attention, the new
-K/V written in place at ``past_length`` (scatter into the cache instead of separate
-``new_*`` outputs), and position/length/token inputs held in fixed device buffers updated by
-``copy_`` before each replay. Then one capture per (decoder, cross-attending or not) replays every
-step; the cost is attention over ``max_seq_len`` rows each step (masked), which a
-length-aware attention plugin would avoid.
+puts a second context of the same engine on profile 1. Profile 1 has static shapes (one row
+over the whole preallocated cache, ``past_length`` masking the rows not yet written), so the
+runtime captures a decode step, ``execute_async_v3`` plus the copy of the new K/V row into the
+cache, in a CUDA graph once per video and replays it (:mod:`.decode_graph`). Calls with the
+past as the cache's valid prefix (prefill, ``decode_steps="dynamic"``) run on profile 0.
+Capture needs nothing TensorRT-specific beyond what :meth:`TrtEngine.run` does: shapes and
+addresses set before ``execute_async_v3`` on torch's current stream (the capture stream),
+and one eager run first (TensorRT finishes its per-shape setup in the first enqueue).
 """
 
 from __future__ import annotations
@@ -134,6 +129,11 @@ class TrtEngine(Engine):
         other.__dict__.update(self.__dict__)
         other.profile, other._context = profile, self._create_context(profile)
         return other
+
+    def for_capture(self) -> "TrtEngine":
+        """A second context on this profile for one CUDA graph: a graph replays the context's
+        activation memory and per-shape state as captured, so no other call may change them."""
+        return self.context_on(self.profile)
 
     def run(self, feeds: Mapping[str, torch.Tensor], outputs: Mapping[str, torch.Tensor] | None = None):
         context, outputs = self._context, dict(outputs or {})

@@ -101,3 +101,16 @@ def test_router_with_one_context_and_bad_setup():
 
     with pytest.raises(EngineError, match="no input past_key_0"):
         ProfileRouter((NoPast(0),), full_cache=FULL)
+
+
+def test_captured_steps_get_a_dedicated_decode_context():
+    class Forking(Recorder):
+        def for_capture(self):
+            fork = Forking(self.profile)
+            fork.parent = self
+            return fork
+
+    prefill, decode = Forking(0), Forking(1)
+    captured = ProfileRouter((prefill, decode), full_cache=FULL).for_capture()
+    assert captured.parent is decode and captured is not decode  # the decode profile, its own state
+    assert ProfileRouter((Recorder(0),), full_cache=FULL).for_capture().profile == 0  # stateless: itself
