@@ -1,13 +1,18 @@
 """``python -m slowfast_trt.bench``: per-stage timings and memory for several frame counts.
 
     python -m slowfast_trt.bench (--engines DIR | --ckpt CKPT) --video FILE --frames N [N ...]
-        [--new-tokens K] [--runs R] [--warmup W] [--decode-mode upstream|attend] [--json OUT]
+        [--new-tokens K] [--runs R] [--warmup W] [--decode-mode upstream|attend]
+        [--decode-steps auto|dynamic|static|cuda-graph ...] [--json OUT]
 
 For each frame count: decode and preprocess the video, run the vision tower, pooler and
 slow K/V projection once, prefill, decode exactly ``K`` tokens, ask a follow-up in the same
 session, and then decode again in the upstream style, which recomputes the slow K/V
 projection (layer norm + kv_proj of every slow token for every hybrid layer) before every
 decode step. Each number is the median of ``R`` runs after ``W`` warm-up runs.
+
+``--decode-steps`` takes several modes (:mod:`slowfast_trt.runtime.decode_graph`), e.g.
+``dynamic cuda-graph``: every frame count is measured with each, in one run, and the decode
+ms/token ratio of each mode to the first is printed (the CUDA-graph gain, side by side).
 
 On a Jetson (``tegrastats`` on PATH) the measured runs of each frame count are also sampled
 every 100 ms: mean module power (``VDD_IN``, or AGX Orin's three input rails) in W, mean GR3D
@@ -33,7 +38,7 @@ from pathlib import Path
 QUESTION = "What is happening in this video?"
 FOLLOWUP = "What happens next?"
 FIELDS = (
-    "frames", "slow_tokens", "fast_tokens", "video_decode_ms", "preprocess_ms", "vision_ms", "pooler_ms",
+    "frames", "decode_steps", "slow_tokens", "fast_tokens", "video_decode_ms", "preprocess_ms", "vision_ms", "pooler_ms",
     "slow_kv_ms", "prefill_ms", "ttft_ms", "decode_ms_per_token", "decode_tokens_per_s", "followup_ttft_ms",
     "baseline_decode_ms_per_token", "baseline_ratio", "peak_host_mb", "peak_device_mb",
     "power_w_mean", "gpu_load_mean", "ram_mb_peak",
@@ -51,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=3, help="measured runs per frame count (default 3)")
     p.add_argument("--warmup", type=int, default=1, help="unmeasured runs first (default 1)")
     p.add_argument("--decode-mode", choices=("upstream", "attend"), default="upstream")
+    p.add_argument("--decode-steps", nargs="+", default=["auto"], choices=("auto", "dynamic", "static", "cuda-graph"),
+                   help="how decode steps run; several are measured side by side (default auto)")
     p.add_argument("--backend", choices=("auto", "tensorrt", "onnxruntime", "torch"), default="auto")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N")
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32", help="--ckpt only")
@@ -201,11 +208,11 @@ def flatness(rows: list[dict]) -> dict | None:
 
 
 def format_table(rows: list[dict]) -> str:
-    head = ("frames", "slow", "fast", "dec+pre", "vision", "pooler", "slow_kv", "prefill", "ttft", "ms/tok", "tok/s",
+    head = ("frames", "steps", "slow", "fast", "dec+pre", "vision", "pooler", "slow_kv", "prefill", "ttft", "ms/tok", "tok/s",
             "fup_ttft", "base ms/tok", "base/ours", "host MB", "dev MB", "power W", "GPU %", "RAM MB")
     lines = ["  ".join(f"{h:>9}" for h in head)]
     for r in rows:
-        cells = (r["frames"], r["slow_tokens"], r["fast_tokens"], r["video_decode_ms"] + r["preprocess_ms"], r["vision_ms"],
+        cells = (r["frames"], r.get("decode_steps"), r["slow_tokens"], r["fast_tokens"], r["video_decode_ms"] + r["preprocess_ms"], r["vision_ms"],
                  r["pooler_ms"], r["slow_kv_ms"], r["prefill_ms"], r["ttft_ms"], r["decode_ms_per_token"],
                  r["decode_tokens_per_s"], r["followup_ttft_ms"], r["baseline_decode_ms_per_token"], r["baseline_ratio"],
                  r["peak_host_mb"], r["peak_device_mb"], r.get("power_w_mean"), r.get("gpu_load_mean"),
@@ -237,23 +244,43 @@ def bench(args) -> dict:
         import torch
 
         torch.set_num_threads(args.threads)
-    rows, loaded, info = [], {}, {}
-    for frames in args.frames:
-        source = sources[frames]
-        if source not in loaded:
-            kwargs = dict(dtype=args.dtype) if args.ckpt else dict(threads=args.threads)
-            device = args.device or ("cpu" if args.ckpt else None)
-            loaded[source] = SlowFastRuntime.load(source, backend=args.backend, device=device, decode_mode=args.decode_mode,
-                                                  vision_batch=args.vision_batch, **kwargs)
-        rt = loaded[source]
-        info = rt.info()
-        rows.append(measure(rt, args.video, frames, args.new_tokens, args.runs, args.warmup))
-        print(f"[bench] {frames} frames done", file=sys.stderr, flush=True)
+    rows, info = [], {}
+    for steps in dict.fromkeys(args.decode_steps):
+        loaded = {}
+        for frames in args.frames:
+            source = sources[frames]
+            if source not in loaded:
+                kwargs = dict(dtype=args.dtype) if args.ckpt else dict(threads=args.threads)
+                device = args.device or ("cpu" if args.ckpt else None)
+                loaded[source] = SlowFastRuntime.load(source, backend=args.backend, device=device,
+                                                      decode_mode=args.decode_mode, vision_batch=args.vision_batch,
+                                                      decode_steps=steps, **kwargs)
+            rt = loaded[source]
+            info = rt.info()
+            row = {"frames": frames, "decode_steps": info["decode_steps"]}
+            row.update(measure(rt, args.video, frames, args.new_tokens, args.runs, args.warmup))
+            rows.append(row)
+            print(f"[bench] {frames} frames, decode steps {info['decode_steps']} done", file=sys.stderr, flush=True)
+        for rt in loaded.values():
+            rt.close()
+    first = [r for r in rows if r["decode_steps"] == rows[0]["decode_steps"]]
     return {
         "backend": info.get("backend"), "device": info.get("device"), "dtype": info.get("dtype"),
         "decode_mode": args.decode_mode, "new_tokens": args.new_tokens, "runs": args.runs, "warmup": args.warmup,
-        "video": str(args.video), "results": rows, "decode_flatness": flatness(rows),
+        "video": str(args.video), "results": rows, "decode_flatness": flatness(first),
+        "decode_steps_ratios": step_ratios(rows),
     }
+
+
+def step_ratios(rows: list[dict]) -> list[dict]:
+    """Decode ms/token of each further decode-steps mode over the first mode's, per frame count."""
+    base = {r["frames"]: r for r in rows if r["decode_steps"] == rows[0]["decode_steps"]}
+    return [
+        {"frames": r["frames"], "decode_steps": r["decode_steps"], "versus": base[r["frames"]]["decode_steps"],
+         "ms_per_token_ratio": r["decode_ms_per_token"] / base[r["frames"]]["decode_ms_per_token"]}
+        for r in rows
+        if r["decode_steps"] != rows[0]["decode_steps"] and base.get(r["frames"], {}).get("decode_ms_per_token")
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     if flat:
         print(f"decode ms/token at {flat['frames'][1]} vs {flat['frames'][0]} frames: ours x{flat['ours_ratio']:.2f}, "
               f"upstream-style baseline (slow K/V recomputed every step) x{flat['baseline_ratio']:.2f}")
+    for ratio in out["decode_steps_ratios"]:
+        print(f"decode ms/token at {ratio['frames']} frames, {ratio['decode_steps']} over {ratio['versus']}: "
+              f"x{ratio['ms_per_token_ratio']:.2f}")
     return 0
 
 

@@ -36,10 +36,25 @@ def ensure_demo_export(root: str | Path | None = None, progress=print) -> Path:
     root = Path(root) if root is not None else DEFAULT_ROOT
     ckpt, _ = ensure_demo_assets(root)
     out = root / f"tiny-slowfast-onnx-{DEMO_FRAMES}f"
-    if not (out / "manifest.json").is_file():
+    if not _current_export(out):
         progress(f"exporting the demo checkpoint to {out} ...")
         argv = ["--ckpt", str(ckpt), "--out", str(out), "--backend", "onnxruntime", "--precision", "fp32",
                 "--frames", str(DEMO_FRAMES), "--max-seq-len", "2048", "--force"]
         if export_main(argv) != 0:
             raise ValueError(f"exporting the demo checkpoint to {out} failed (see above)")
     return out
+
+
+def _current_export(folder: Path) -> bool:
+    """True when ``folder`` holds an export this package version reads (an older one, e.g.
+    from before a graph format change, is exported again rather than refused)."""
+    from . import __version__
+    from .export.manifest import check_manifest, load_manifest
+
+    if not (folder / "manifest.json").is_file():
+        return False
+    try:
+        check_manifest(load_manifest(folder), __version__)
+    except ValueError:
+        return False
+    return True

@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cpu for --ckpt, the best available for --engines)")
     gen.add_argument("--threads", type=int, default=None, help="intra-op threads (ONNX Runtime, and torch for --ckpt)")
     gen.add_argument("--vision-batch", type=int, default=None, help="frames per vision call (default: all at once)")
+    gen.add_argument("--decode-steps", choices=("auto", "dynamic", "static", "cuda-graph"), default="auto",
+                     help="how decode steps run (auto: CUDA graphs for TensorRT and torch on CUDA)")
     out = p.add_argument_group("output")
     out.add_argument("--stream", action="store_true", help="print the answer as it is generated")
     out.add_argument("--interactive", action="store_true", help="read questions from stdin, one per line, as follow-ups")
@@ -113,13 +115,15 @@ def load_runtime(args, source: str):
     if is_export:
         dtype = args.dtype if args.dtype != "float32" else None  # the default: whatever the export has
         return SlowFastRuntime.load(source, backend=args.backend, device=args.device, decode_mode=args.decode_mode,
-                                    threads=args.threads, dtype=dtype, vision_batch=args.vision_batch)
+                                    threads=args.threads, dtype=dtype, vision_batch=args.vision_batch,
+                                    decode_steps=args.decode_steps)
     if args.threads is not None:
         import torch
 
         torch.set_num_threads(args.threads)
     return SlowFastRuntime.load(source, backend=args.backend, device=args.device or "cpu",
-                                decode_mode=args.decode_mode, dtype=args.dtype, vision_batch=args.vision_batch)
+                                decode_mode=args.decode_mode, dtype=args.dtype, vision_batch=args.vision_batch,
+                                decode_steps=args.decode_steps)
 
 
 def _open(runtime, args, video: str | None):

@@ -231,5 +231,18 @@ def test_bench_with_export_folders(exports, sample_video, tmp_path, capsys):
     assert data["backend"] == "onnxruntime" and [r["frames"] for r in data["results"]] == [16, 32]
     assert [r["slow_tokens"] for r in data["results"]] == [1296, 2592]
     assert "upstream-style baseline" in capsys.readouterr().out
+    assert data["results"][0]["decode_steps"] == "dynamic" and data["decode_steps_ratios"] == []  # auto on CPU
+    # Two decode-step modes side by side: every frame count measured with each, ratios to the first.
+    assert bench.main(["--engines", str(root), "--video", str(sample_video), "--frames", "16",
+                       "--decode-steps", "dynamic", "static", "--new-tokens", "3", "--runs", "1", "--warmup", "0",
+                       "--threads", "1", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert [(r["frames"], r["decode_steps"]) for r in data["results"]] == [(16, "dynamic"), (16, "static")]
+    (ratio,) = data["decode_steps_ratios"]
+    assert (ratio["decode_steps"], ratio["versus"]) == ("static", "dynamic") and ratio["ms_per_token_ratio"] > 0
+    assert "16 frames, static over dynamic" in capsys.readouterr().out
+    assert bench.main(["--engines", str(root), "--video", str(sample_video), "--frames", "16",
+                       "--decode-steps", "cuda-graph"]) == 2  # on CPU: one line, exit 2
+    assert "needs a CUDA device" in capsys.readouterr().err
     assert bench.main(["--engines", str(root), "--video", str(sample_video), "--frames", "8"]) == 2
     assert "no export for 8 frames (exports found for 16, 32)" in capsys.readouterr().err
