@@ -241,7 +241,9 @@ class DecoderRunner:
             return self.step(kv, video, self._embeds, self._position, self._rows[attend], self._offsets[attend])
         kv.check_fits(1, "the next token")
         engine, fixed = self._route(video, self._rows[attend], self._offsets[attend])
-        self._static.get(engine, kv, fixed, self._logits, video).run(self._embeds, position)
+        # decoder_nocross binds nothing of the video: its step (and graph) serves every video.
+        bound_video = video if fixed and video is not None else None
+        self._static.get(engine, kv, fixed, self._logits, bound_video).run(self._embeds, position)
         kv.commit(1)
         return self._logits[0]
 
