@@ -195,8 +195,3 @@ class StaticStepCache:
 
     def __len__(self) -> int:
         return len(self._steps)
-
-    def clear(self) -> None:
-        for step in self._steps.values():
-            step.release()
-        self._steps.clear()

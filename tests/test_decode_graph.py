@@ -15,7 +15,9 @@ import torch
 
 from slowfast_trt.export import specs as S
 from slowfast_trt.export.cross_attention import cross_attention_eager, one_sequence_masked
-from slowfast_trt.runtime.decode_graph import StaticStepCache, resolve_decode_steps
+from slowfast_trt.runtime.decode_graph import StaticDecodeStep, StaticStepCache, resolve_decode_steps
+from slowfast_trt.runtime.engine import Engine, EngineError, TensorInfo
+from slowfast_trt.runtime.kv_cache import KVCache, KVCacheSpec
 from slowfast_trt.runtime_api import SlowFastRuntime
 from slowfast_trt.sequence import attend_to_rows
 from test_runtime_ort import MAX_SEQ_LEN, clips, exports, references  # noqa: F401 (fixtures)
@@ -196,8 +198,6 @@ def test_static_steps_are_kept_per_binding_and_dropped_with_their_video(tiny_ckp
     shared.release()
     rt._runner.forget_released()
     assert len(steps) == 0
-    cache = StaticStepCache(capture=False, size=1)
-    assert cache.size == 1 and len(cache) == 0
 
 
 @pytest.mark.parametrize("n,offsets", [(9, (0, 3)), (4, (0, 3)), (0, (0, 3)), (6, (1, 2))])
@@ -214,36 +214,69 @@ def test_masked_one_sequence_cross_attention_equals_the_sliced_one(n, offsets):
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
+class ToyDecoder(Engine):
+    """Our engine interface with the decoder's step inputs and no model behind it: it writes
+    a recognisable new K/V row, so the step's copy into the cache can be checked."""
+
+    def __init__(self):
+        self.name, self.device, self.closed, self.fork = "decoder", torch.device("cpu"), False, None
+        self._inputs = tuple(TensorInfo(n, "float32", s) for n, s in (
+            ("inputs_embeds", (1, "seq", 8)), ("position_ids", (1, "seq")), ("past_length", (1,)),
+            ("past_key_0", (1, "past", 2, 4)), ("past_value_0", (1, "past", 2, 4)), ("slow_key_0", (1, 2, "n", 4))))
+        self._outputs = (TensorInfo("logits", "float32", (1, 16)),)
+
+    def run(self, feeds, outputs=None):
+        outputs["new_key_0"].fill_(float(feeds["position_ids"][0, 0]) + 100)
+        outputs["new_value_0"].fill_(-1)
+        return outputs
+
+    def for_capture(self):
+        self.fork = ToyDecoder()
+        return self.fork
+
+    def close(self):
+        self.closed = True
+
+
+def _toy_cache():
+    return KVCache(KVCacheSpec(num_layers=1, kv_heads=2, head_dim=4, max_len=8))
+
+
+def test_a_step_writes_its_row_at_past_length():
+    kv = _toy_cache()
+    step = StaticDecodeStep(ToyDecoder(), kv, {"slow_key_0": torch.zeros(1, 2, 3, 4)}, torch.zeros(1, 16), capture=False)
+    for position in (0, 1, 2, 5):
+        step.run(torch.zeros(1, 1, 8), position)
+    assert kv.keys[0][0, :, 0, 0].tolist() == [100, 101, 102, 0, 0, 105, 0, 0]
+    with pytest.raises(EngineError, match="decoder: a static decode step has no tensor for slow_key_0"):
+        StaticDecodeStep(ToyDecoder(), kv, {}, torch.zeros(1, 16), capture=False)
+
+
 def test_a_captured_step_owns_its_engine_state_and_closes_it():
-    from slowfast_trt.runtime.decode_graph import StaticDecodeStep
-    from slowfast_trt.runtime.engine import Engine, TensorInfo
-    from slowfast_trt.runtime.kv_cache import KVCache, KVCacheSpec
-
-    class Decoder(Engine):
-        def __init__(self):
-            self.name, self.device, self.closed = "decoder", torch.device("cpu"), False
-            self._inputs = tuple(TensorInfo(n, "float32", s) for n, s in (
-                ("inputs_embeds", (1, "seq", 8)), ("position_ids", (1, "seq")), ("past_length", (1,)),
-                ("past_key_0", (1, "past", 2, 4)), ("past_value_0", (1, "past", 2, 4))))
-            self._outputs = (TensorInfo("logits", "float32", (1, 16)),)
-
-        def run(self, feeds, outputs=None):
-            return outputs
-
-        def for_capture(self):
-            self.fork = Decoder()
-            return self.fork
-
-        def close(self):
-            self.closed = True
-
-    shared = Decoder()
-    kv = KVCache(KVCacheSpec(num_layers=1, kv_heads=2, head_dim=4, max_len=8))
-    step = StaticDecodeStep(shared, kv, {}, torch.zeros(1, 16), capture=True)
+    shared, kv, slow = ToyDecoder(), _toy_cache(), {"slow_key_0": torch.zeros(1, 2, 3, 4)}
+    step = StaticDecodeStep(shared, kv, slow, torch.zeros(1, 16), capture=True)
     assert step.engine is shared.fork and step.feeds["past_key_0"] is kv.keys[0]  # the whole cache, bound once
     step.release()
     assert shared.fork.closed and not shared.closed
-    eager = StaticDecodeStep(shared, kv, {}, torch.zeros(1, 16), capture=False)
+    eager = StaticDecodeStep(shared, kv, slow, torch.zeros(1, 16), capture=False)
     assert eager.engine is shared
     eager.release()
     assert not shared.closed
+
+
+def test_step_cache_keeps_the_most_recent_bindings():
+    engine, logits = ToyDecoder(), torch.zeros(1, 16)
+    steps = StaticStepCache(capture=True, size=2)  # captured steps own a forked engine each
+    caches = [_toy_cache() for _ in range(3)]
+    slow = {"slow_key_0": torch.zeros(1, 2, 3, 4)}
+    first = steps.get(engine, caches[0], slow, logits)
+    assert steps.get(engine, caches[0], slow, logits) is first  # same binding: the same step
+    second = steps.get(engine, caches[1], slow, logits)
+    steps.get(engine, caches[0], slow, logits)  # first is now the most recent
+    steps.get(engine, caches[2], slow, logits)  # evicts the least recent: second
+    assert len(steps) == 2 and second.engine.closed and not first.engine.closed
+    other_slow = {"slow_key_0": torch.zeros(1, 2, 5, 4)}  # another video's slow K/V: another binding
+    assert steps.get(engine, caches[0], other_slow, logits) is not first
+    caches[0].release()
+    steps.drop_released()
+    assert all(step.kv is caches[2] for step in steps._steps.values())
