@@ -9,10 +9,10 @@ Engines per export folder (one per ONNX subgraph; the embedding table is not a g
 | vision          | ``frames``: 1 / vision batch / vision batch (default batch: the export frames)  |
 | pooler          | none (static shapes, fixed frame count)                                         |
 | slow_kv         | ``slow_tokens``: slow tokens of the fewest / export / most supported frames     |
-| decoder         | 0 ``prefill``: seq 1 / fast + 64 / R, past 0 / 0 / L-1, rows 0 / 64 / R;          |
-|                 | 1 ``decode``: seq 1 / 1 / 1, past L / L / L (static), rows 0 / 1 / 1;             |
-|                 | both: slow_tokens 1 (text-only prompts) / as slow_kv. One engine: weights once.  |
-|                 | (L = max_seq_len, R = ``max_prefill_rows``, default L)                           |
+| decoder         | 0 ``prefill``: seq 1 / fast + 64 / R, past 0 / 0 / L-1, rows 0 / 64 / R;        |
+|                 | 1 ``decode``: seq 1 / 1 / 1, past L / L / L (static), rows 0 / 1 / 1;           |
+|                 | both: slow_tokens 1 (text-only prompts) / as slow_kv. One engine: weights once. |
+|                 | (L = max_seq_len, R = ``max_prefill_rows``, default L)                          |
 | decoder_nocross | the same two profiles without rows and slow tokens                              |
 
 Profile 0 of the decoders covers every call with the past as the cache's valid prefix
