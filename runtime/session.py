@@ -22,6 +22,7 @@ only). No vision work and no re-prefill of the video happen in either mode.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -57,10 +58,13 @@ class RuntimeResult(GenerationResult):
     prefill_rows: int = 0
     reused_rows: int = 0
     backend: str = ""
+    # None, or why this answer is not in the session's history (follow-ups will not see it).
+    history_note: str | None = None
 
     def to_json(self) -> dict:
         out = super().to_json()
-        out.update(prefill_rows=self.prefill_rows, reused_rows=self.reused_rows, backend=self.backend)
+        out.update(prefill_rows=self.prefill_rows, reused_rows=self.reused_rows, backend=self.backend,
+                   history_note=self.history_note)
         return out
 
 
@@ -444,12 +448,15 @@ class VideoSession:
     def _finish(self, turn: _Turn) -> None:
         text = self._model.tokenizer.decode(turn.ids, skip_special_tokens=True)
         text, reason = _apply_stop_strings(text, turn.reason, turn.params.stop_strings)
-        conversation = turn.conversation
+        conversation, note = turn.conversation, None
         try:
             conversation.set_answer(text)
-        except ValueError:
-            # The answer spells a reserved string (e.g. "<image>"): the template cannot hold it,
-            # so this turn is not kept in the history; the cache prefix stays valid regardless.
+        except ValueError as exc:
+            # The answer spells a reserved string (e.g. "<image>" from ordinary tokens): the
+            # template cannot hold it, so the turn (question and answer) is left out of the
+            # history, and the result and a warning say so; the cache prefix stays valid.
+            note = f"this turn is not kept in the session history: {exc}"
+            warnings.warn(note, RuntimeWarning, stacklevel=2)
             conversation = Conversation(self._conversation.system, self._conversation.has_video,
                                         turns=[ChatTurn(t.question, t.answer) for t in conversation.turns[:-1]])
         self._conversation = conversation
@@ -466,6 +473,7 @@ class VideoSession:
             prefill_rows=turn.prefill_rows,
             reused_rows=turn.reused_rows,
             backend=self._model.backend,
+            history_note=note,
         )
 
 

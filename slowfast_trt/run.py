@@ -21,6 +21,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
@@ -133,14 +134,17 @@ def _open(runtime, args, video: str | None):
 
 
 def _answer(session, question: str, sampling: dict, stream: bool) -> dict:
-    if stream:
-        pieces = session.stream(question, **sampling)
-        for piece in pieces:
-            print(piece, end="", flush=True)
-        print(flush=True)
-        result = pieces.result
-    else:
-        result = session.ask(question, **sampling)
+    with warnings.catch_warnings():
+        # The CLI prints the result's history note itself (see interactive), every time.
+        warnings.filterwarnings("ignore", message="this turn is not kept", category=RuntimeWarning)
+        if stream:
+            pieces = session.stream(question, **sampling)
+            for piece in pieces:
+                print(piece, end="", flush=True)
+            print(flush=True)
+            result = pieces.result
+        else:
+            result = session.ask(question, **sampling)
     out = result.to_json()
     out["question"] = question
     return out
@@ -196,6 +200,8 @@ def interactive(args, stdin=None) -> int:
             if not args.stream:
                 print(out["text"], flush=True)
             print(_stats_line(out), file=sys.stderr, flush=True)
+            if out.get("history_note"):
+                print(f"note: {out['history_note']}", file=sys.stderr, flush=True)
             results.append(out)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")

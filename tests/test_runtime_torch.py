@@ -125,6 +125,30 @@ def test_answer_starting_with_newlines_rolls_back_into_the_prompt(loaded, encodi
     assert second.token_ids == expected.token_ids
 
 
+def test_an_answer_spelling_a_reserved_string_is_reported_not_kept(loaded, encodings, clips):
+    """"<image>" spelt by ordinary tokens cannot go back into the template: the result and a
+    warning say the turn is left out, and the next question sees the history without it."""
+    rt, reference = loaded("tiny_ckpt")
+    tokenizer = rt.tokenizer
+    with rt.open_video(clips[16]) as session:
+        session.ask(TURNS[0][0], max_new_tokens=3)
+        kept = session._conversation.turns[0]
+        turn = session._begin(TURNS[1][0], SamplingParams(max_new_tokens=8))
+        turn.ids = tokenizer.encode("a cat and an <image> tag", add_special_tokens=False)  # as if generated
+        with pytest.warns(RuntimeWarning, match="not kept in the session history.*'<image>'"):
+            session._finish(turn)
+        result = session.last_result
+        assert result.text == "a cat and an <image> tag" and "'<image>'" in result.history_note
+        assert result.to_json()["history_note"] == result.history_note
+        assert list(session._conversation.turns) == [kept]
+        followup = session.ask(TURNS[2][0], max_new_tokens=6)
+    assert followup.history_note is None
+    conversation = Conversation(turns=[kept, ChatTurn(TURNS[2][0])])
+    expected = reference.generate(video=encodings("tiny_ckpt", 16), conversation=conversation,
+                                  sampling=SamplingParams(max_new_tokens=6))
+    assert followup.token_ids == expected.token_ids
+
+
 def test_text_only_prompts_and_streaming(loaded, clips):
     rt, reference = loaded("tiny_ckpt")
     got = rt.generate(None, "Tell me a story about a cat.", max_new_tokens=6)
