@@ -280,3 +280,15 @@ def test_step_cache_keeps_the_most_recent_bindings():
     caches[0].release()
     steps.drop_released()
     assert all(step.kv is caches[2] for step in steps._steps.values())
+
+    class Video:  # a session.VideoState as far as the cache looks at it
+        released = False
+
+    old_video, new_video = Video(), Video()
+    before = steps.get(engine, caches[2], slow, logits, old_video)
+    # The same addresses now hold another video's tensors: a new step, the old one released.
+    after = steps.get(engine, caches[2], slow, logits, new_video)
+    assert after is not before and before.engine.closed and after.video is new_video
+    new_video.released = True
+    steps.drop_released()
+    assert after.engine.closed and all(step.video is not new_video for step in steps._steps.values())
