@@ -40,7 +40,7 @@ FOLLOWUP = "What happens next?"
 FIELDS = (
     "frames", "decode_steps", "slow_tokens", "fast_tokens", "video_decode_ms", "preprocess_ms", "vision_ms", "pooler_ms",
     "slow_kv_ms", "prefill_ms", "ttft_ms", "decode_ms_per_token", "decode_tokens_per_s", "followup_ttft_ms",
-    "baseline_decode_ms_per_token", "baseline_ratio", "peak_host_mb", "peak_device_mb",
+    "baseline_decode_ms_per_token", "baseline_ratio", "peak_host_mb", "peak_device_mb", "device_used_mb",
     "power_w_mean", "gpu_load_mean", "ram_mb_peak",
 )
 TEGRA_INTERVAL_MS = 100
@@ -107,6 +107,18 @@ def _peak_device_mb(device) -> float | None:
     # torch's allocator only: KV cache, slow K/V and I/O buffers (ONNX Runtime's or TensorRT's
     # own workspaces are not included).
     return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+
+
+def _device_used_mb(device) -> float | None:
+    """Memory in use on the whole device (the driver's total - free) after the runs: unlike
+    the torch peak it includes TensorRT's engines and execution contexts, ONNX Runtime's arena
+    and CUDA graphs' pools, and any other process on the GPU."""
+    import torch
+
+    if device.type != "cuda":
+        return None
+    free, total = torch.cuda.mem_get_info(device)
+    return (total - free) / 2**20
 
 
 def tegra_fields(samples) -> dict:
@@ -191,6 +203,7 @@ def measure(rt, video: str, frames: int, new_tokens: int, runs: int, warmup: int
     row["peak_host_mb"] = peak_host_mb()
     row["peak_host_reset"] = reset_ok
     row["peak_device_mb"] = _peak_device_mb(rt.device)
+    row["device_used_mb"] = _device_used_mb(rt.device)
     row.update(tegra_fields(monitor.samples if monitor is not None else None))
     return row
 
@@ -209,13 +222,13 @@ def flatness(rows: list[dict]) -> dict | None:
 
 def format_table(rows: list[dict]) -> str:
     head = ("frames", "steps", "slow", "fast", "dec+pre", "vision", "pooler", "slow_kv", "prefill", "ttft", "ms/tok", "tok/s",
-            "fup_ttft", "base ms/tok", "base/ours", "host MB", "dev MB", "power W", "GPU %", "RAM MB")
+            "fup_ttft", "base ms/tok", "base/ours", "host MB", "dev MB", "dev used", "power W", "GPU %", "RAM MB")
     lines = ["  ".join(f"{h:>9}" for h in head)]
     for r in rows:
         cells = (r["frames"], r.get("decode_steps"), r["slow_tokens"], r["fast_tokens"], r["video_decode_ms"] + r["preprocess_ms"], r["vision_ms"],
                  r["pooler_ms"], r["slow_kv_ms"], r["prefill_ms"], r["ttft_ms"], r["decode_ms_per_token"],
                  r["decode_tokens_per_s"], r["followup_ttft_ms"], r["baseline_decode_ms_per_token"], r["baseline_ratio"],
-                 r["peak_host_mb"], r["peak_device_mb"], r.get("power_w_mean"), r.get("gpu_load_mean"),
+                 r["peak_host_mb"], r["peak_device_mb"], r.get("device_used_mb"), r.get("power_w_mean"), r.get("gpu_load_mean"),
                  r.get("ram_mb_peak"))
         lines.append("  ".join(_cell(c) for c in cells))
     return "\n".join(lines)

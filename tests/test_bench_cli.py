@@ -11,7 +11,7 @@ from slowfast_trt import bench
 
 REQUIRED = (
     "frames", "slow_tokens", "fast_tokens", "vision_ms", "pooler_ms", "slow_kv_ms", "prefill_ms", "ttft_ms",
-    "decode_ms_per_token", "decode_tokens_per_s", "followup_ttft_ms", "peak_host_mb", "peak_device_mb",
+    "decode_ms_per_token", "decode_tokens_per_s", "followup_ttft_ms", "peak_host_mb", "peak_device_mb", "device_used_mb",
     "video_decode_ms", "preprocess_ms", "baseline_decode_ms_per_token", "baseline_ratio",
 )
 
@@ -28,7 +28,7 @@ def test_bench_with_a_checkpoint(tiny_ckpt, sample_video, tmp_path, capsys):
     for row in rows:
         assert set(REQUIRED) <= set(row)
         assert row["decode_ms_per_token"] > 0 and row["baseline_decode_ms_per_token"] > 0 and row["peak_host_mb"] > 0
-        assert row["peak_device_mb"] is None  # CPU run
+        assert row["peak_device_mb"] is None and row["device_used_mb"] is None  # CPU run
     assert (rows[1]["slow_tokens"], rows[1]["fast_tokens"]) == (648, 648)
     assert data["decode_flatness"]["frames"] == [2, 8]
     printed = capsys.readouterr().out
