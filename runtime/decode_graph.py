@@ -143,8 +143,14 @@ class StaticDecodeStep:
         side.synchronize()  # TensorRT: enqueue once and wait before capturing the same shapes
         current.wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph), torch.no_grad():
-            self._body()
+        try:
+            with torch.cuda.graph(graph), torch.no_grad():
+                self._body()
+        except Exception as exc:  # CUDA, torch or TensorRT refusing the capture: one line with the way out
+            raise EngineError(
+                f"{self.engine.name}: CUDA graph capture of the decode step failed ({type(exc).__name__}: {exc}); "
+                "load with decode_steps='static' or 'dynamic'"
+            ) from None
         self.graph = graph
 
     def release(self) -> None:
