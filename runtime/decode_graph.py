@@ -199,5 +199,10 @@ class StaticStepCache:
             if step.kv.released or (step.video is not None and step.video.released):
                 self._steps.pop(key).release()
 
+    def release_all(self) -> None:
+        """Forget every step (the runtime is closing: graphs and their contexts go)."""
+        while self._steps:
+            self._steps.popitem()[1].release()
+
     def __len__(self) -> int:
         return len(self._steps)

@@ -247,6 +247,10 @@ class DecoderRunner:
         kv.commit(1)
         return self._logits[0]
 
+    def close(self) -> None:
+        """Release every static step and CUDA graph (before the engines they run on close)."""
+        self._static.release_all()
+
     def forget_released(self) -> None:
         """Drop static steps (and their CUDA graphs) bound to a released cache or video, so
         their memory can go."""

@@ -207,7 +207,7 @@ class SlowFastRuntime:
         for kv in self._spare_caches:
             kv.release()
         self._spare_caches = []
-        self._runner.forget_released()
+        self._runner.close()
         for engine in self._model.engines.values():
             engine.close()
 
