@@ -10,7 +10,8 @@ Decoder engines have a prefill profile (0) and a decode profile (1): :func:`with
 puts a second context of the same engine on profile 1. Profile 1 has static shapes (one row
 over the whole preallocated cache, ``past_length`` masking the rows not yet written), so the
 runtime captures a decode step, ``execute_async_v3`` plus the copy of the new K/V row into the
-cache, in a CUDA graph once per video and replays it (:mod:`.decode_graph`). Calls with the
+cache, in a CUDA graph once per video and replays it (:mod:`.decode_graph`), each graph on a
+context of its own (:meth:`TrtEngine.for_capture`). Calls with the
 past as the cache's valid prefix (prefill, ``decode_steps="dynamic"``) run on profile 0.
 Capture needs nothing TensorRT-specific beyond what :meth:`TrtEngine.run` does: shapes and
 addresses set before ``execute_async_v3`` on torch's current stream (the capture stream),
