@@ -7,8 +7,9 @@ fixed addresses, so a step is expressed over buffers that never move:
 
 * ``past_key_i``/``past_value_i``: the KV cache buffers themselves, all ``max_len`` rows; the
   decoder's ``past_length`` input masks the rows not yet written (``export.qwen2``);
-* ``inputs_embeds``, ``position_ids``, ``past_length``: small buffers owned by the step and
-  refilled before each replay; slow K/V and ``slow_lengths``: the video's own tensors;
+* ``inputs_embeds``: the runner's embedding buffer, refilled before each step;
+  ``position_ids`` and ``past_length``: one int64 buffer owned by the step (the new row's
+  position is the cache's valid length); slow K/V and ``slow_lengths``: the video's own tensors;
 * the new K/V rows go to staging buffers and are copied into the cache at ``past_length``
   by ``index_copy_`` with that device-side index, inside the same graph.
 
@@ -76,8 +77,9 @@ def resolve_decode_steps(mode: str, backend: str, device: torch.device, engine: 
 class StaticDecodeStep:
     """One-row decode steps of ``engine`` over the whole cache ``kv``; see the module docstring.
 
-    ``fixed`` holds the bound inputs that do not change between steps (slow K/V, slow
-    lengths, cross rows and offsets, as the runner feeds them). With ``capture`` the first
+    ``fixed`` holds the bound inputs whose addresses do not change between steps (the
+    runner's ``inputs_embeds`` buffer, slow K/V, slow lengths, cross rows and offsets, as the
+    runner feeds them). With ``capture`` the first
     call runs eagerly (which also lets TensorRT and cuBLAS finish their lazy setup) and
     then records the step into a CUDA graph; later calls replay it.
     """
@@ -89,15 +91,13 @@ class StaticDecodeStep:
         self._owns_engine = self.engine is not engine
         self.kv, self.capture = kv, capture
         engine = self.engine
-        hidden = next(i for i in engine.inputs if i.name == "inputs_embeds").shape[-1]
-        self.embeds = torch.zeros((1, 1, hidden), dtype=spec.dtype, device=device)
         self.position = torch.zeros((1, 1), dtype=torch.int64, device=device)
-        self.past_length = torch.zeros(1, dtype=torch.int64, device=device)
+        self.past_length = self.position.view(1)  # the same value: the new row's position is its row
         self.logits = logits
         row = (1, 1, spec.kv_heads, spec.head_dim)
         self._new_keys = [torch.zeros(row, dtype=spec.dtype, device=device) for _ in range(spec.num_layers)]
         self._new_values = [torch.zeros(row, dtype=spec.dtype, device=device) for _ in range(spec.num_layers)]
-        self.feeds = {"inputs_embeds": self.embeds, "position_ids": self.position, "past_length": self.past_length}
+        self.feeds = {"position_ids": self.position, "past_length": self.past_length}
         self.outputs = {"logits": logits}
         for i in range(spec.num_layers):
             self.feeds[f"past_key_{i}"], self.feeds[f"past_value_{i}"] = kv.keys[i], kv.values[i]
@@ -110,12 +110,11 @@ class StaticDecodeStep:
         self.replays = 0
         self.video = None  # set by StaticStepCache: the VideoState whose tensors are bound
 
-    def run(self, embeds: torch.Tensor, position: int) -> torch.Tensor:
-        """The step for one token's ``embeds`` (1, 1, hidden) at ``position`` (= the cache's
-        valid rows): logits (1, vocab); the new K/V row is in the cache at ``position``."""
-        self.embeds.copy_(embeds)
+    def run(self, position: int) -> torch.Tensor:
+        """The step for the token whose embedding is in the bound ``inputs_embeds`` buffer, at
+        ``position`` (= the cache's valid rows): logits (1, vocab); the new K/V row is in the
+        cache at ``position``."""
         self.position.fill_(position)
-        self.past_length.fill_(position)
         if self.graph is not None:
             self.graph.replay()
             self.replays += 1

@@ -242,8 +242,9 @@ class DecoderRunner:
         kv.check_fits(1, "the next token")
         engine, fixed = self._route(video, self._rows[attend], self._offsets[attend])
         # decoder_nocross binds nothing of the video: its step (and graph) serves every video.
-        bound_video = video if fixed and video is not None else None
-        self._static.get(engine, kv, fixed, self._logits, bound_video).run(self._embeds, position)
+        bound_video = video if fixed else None
+        fixed = {**fixed, "inputs_embeds": self._embeds}
+        self._static.get(engine, kv, fixed, self._logits, bound_video).run(position)
         kv.commit(1)
         return self._logits[0]
 

@@ -242,18 +242,22 @@ def _toy_cache():
     return KVCache(KVCacheSpec(num_layers=1, kv_heads=2, head_dim=4, max_len=8))
 
 
+EMBEDS = torch.zeros(1, 1, 8)  # the runner's embedding buffer, bound like the slow K/V
+
+
 def test_a_step_writes_its_row_at_past_length():
     kv = _toy_cache()
-    step = StaticDecodeStep(ToyDecoder(), kv, {"slow_key_0": torch.zeros(1, 2, 3, 4)}, torch.zeros(1, 16), capture=False)
+    fixed = {"inputs_embeds": EMBEDS, "slow_key_0": torch.zeros(1, 2, 3, 4)}
+    step = StaticDecodeStep(ToyDecoder(), kv, fixed, torch.zeros(1, 16), capture=False)
     for position in (0, 1, 2, 5):
-        step.run(torch.zeros(1, 1, 8), position)
+        step.run(position)
     assert kv.keys[0][0, :, 0, 0].tolist() == [100, 101, 102, 0, 0, 105, 0, 0]
     with pytest.raises(EngineError, match="decoder: a static decode step has no tensor for slow_key_0"):
-        StaticDecodeStep(ToyDecoder(), kv, {}, torch.zeros(1, 16), capture=False)
+        StaticDecodeStep(ToyDecoder(), kv, {"inputs_embeds": EMBEDS}, torch.zeros(1, 16), capture=False)
 
 
 def test_a_captured_step_owns_its_engine_state_and_closes_it():
-    shared, kv, slow = ToyDecoder(), _toy_cache(), {"slow_key_0": torch.zeros(1, 2, 3, 4)}
+    shared, kv, slow = ToyDecoder(), _toy_cache(), {"inputs_embeds": EMBEDS, "slow_key_0": torch.zeros(1, 2, 3, 4)}
     step = StaticDecodeStep(shared, kv, slow, torch.zeros(1, 16), capture=True)
     assert step.engine is shared.fork and step.feeds["past_key_0"] is kv.keys[0]  # the whole cache, bound once
     step.release()
@@ -268,14 +272,14 @@ def test_step_cache_keeps_the_most_recent_bindings():
     engine, logits = ToyDecoder(), torch.zeros(1, 16)
     steps = StaticStepCache(capture=True, size=2)  # captured steps own a forked engine each
     caches = [_toy_cache() for _ in range(3)]
-    slow = {"slow_key_0": torch.zeros(1, 2, 3, 4)}
+    slow = {"inputs_embeds": EMBEDS, "slow_key_0": torch.zeros(1, 2, 3, 4)}
     first = steps.get(engine, caches[0], slow, logits)
     assert steps.get(engine, caches[0], slow, logits) is first  # same binding: the same step
     second = steps.get(engine, caches[1], slow, logits)
     steps.get(engine, caches[0], slow, logits)  # first is now the most recent
     steps.get(engine, caches[2], slow, logits)  # evicts the least recent: second
     assert len(steps) == 2 and second.engine.closed and not first.engine.closed
-    other_slow = {"slow_key_0": torch.zeros(1, 2, 5, 4)}  # another video's slow K/V: another binding
+    other_slow = {"inputs_embeds": EMBEDS, "slow_key_0": torch.zeros(1, 2, 5, 4)}  # another video's slow K/V: another binding
     assert steps.get(engine, caches[0], other_slow, logits) is not first
     caches[0].release()
     steps.drop_released()
