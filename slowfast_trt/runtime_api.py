@@ -196,7 +196,7 @@ class SlowFastRuntime:
         state = video
         if video is not None and owned:
             state = self.encode_video(video, frames=frames, **video_options)
-        elif not owned and state.fast is None:
+        elif not owned and state.released:
             raise ValueError("this encoded video was released (its session closed); encode it again")
         kv = self._acquire_cache()
         return VideoSession(self._model, self._runner, state, kv, mode, system, on_close=self._return_cache,
