@@ -158,3 +158,18 @@ def test_vocab_and_merges_files_agree_with_tokenizer_json(tokenizer_dir, tmp_pat
     text = "<|im_start|>user\n" + text + "<|im_end|>"
     full = AutoTokenizer.from_pretrained(directory)
     assert AutoTokenizer.from_pretrained(tmp_path)(text).input_ids == full(text).input_ids
+
+
+def test_folders_without_a_usable_tokenizer_give_one_line(tokenizer_dir, tmp_path):
+    from slowfast_trt.tokenizer import load_tokenizer
+
+    with pytest.raises(ValueError, match=r"no tokenizer files \(tokenizer.json, or vocab.json and merges.txt\)") as err:
+        load_tokenizer(tmp_path)  # e.g. run --ckpt pointed at the wrong folder
+    assert "\n" not in str(err.value)
+    broken = tmp_path / "broken"
+    shutil.copytree(tokenizer_dir[0], broken)
+    (broken / "tokenizer.json").write_text("{not json")
+    (broken / "vocab.json").unlink()
+    with pytest.raises(ValueError, match="broken: cannot load the tokenizer") as err:
+        load_tokenizer(broken)
+    assert "\n" not in str(err.value)
