@@ -3,23 +3,8 @@
     python -m slowfast_trt.export --ckpt CKPT --out DIR [--backend tensorrt|onnxruntime]
         [--precision fp32|fp16|bf16|int4-awq] [--frames N] [--max-seq-len L] [--onnx-only] [--force]
 
-``bf16`` exports float32 graphs that TensorRT builds with its BF16 flag (ONNX opset 17 has no
-bf16 convolutions and ONNX Runtime no bf16 CPU kernels), so it needs ``--backend tensorrt``.
-``int4-awq`` exports a decoder with 4-bit weights (group 128, AWQ scales from built-in
-calibration prompts; :mod:`slowfast_trt.export.quantize_int4`), activations in float16 for
-TensorRT and float32 for ONNX Runtime; it loads the whole model (no part-by-part streaming).
-
-The folder gets the ONNX subgraphs (``export_all``), the tokenizer files and ``config.json``
-of the checkpoint, and ``manifest.json`` (:mod:`slowfast_trt.export.manifest`). With
-``--backend tensorrt`` it also gets ``*.trt.onnx`` copies without the custom op's local
-function (what TensorRT parses), their lint results, and, unless ``--onnx-only``, engines.
-
-Everything is written into a temporary sibling folder (``.DIR.partial-*``) that is renamed to
-``DIR`` at the end: a failed export leaves nothing behind (a process killed with SIGKILL
-leaves its hidden partial folder), and with ``--force`` the old export survives a failed one.
-A non-empty ``DIR`` is refused without ``--force``, and ``--force`` only replaces a folder
-holding a ``manifest.json`` (a previous export). Progress goes to stderr; bad input ends
-with one ``error: ...`` line on stderr and exit status 2.
+What each option does and what the folder holds: :mod:`slowfast_trt.export.pipeline`. Progress goes to
+stderr; bad input ends with one ``error: ...`` line on stderr and exit status 2.
 """
 
 from __future__ import annotations

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from slowfast_trt.models.family import ModelFamily
+from slowfast_trt.models.qwen2.config import read_config_json
 from slowfast_trt.models.slowfast.family import SLOWFAST
 
 __all__ = ["BUILTIN", "family_named", "family_of_checkpoint", "family_of_config", "families", "register"]
@@ -50,13 +50,7 @@ def family_of_config(raw: Any, source: str = "config.json") -> ModelFamily:
 def family_of_checkpoint(directory: str | Path) -> ModelFamily:
     """The family of a checkpoint folder, from its ``config.json``."""
     path = Path(directory) / "config.json"
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"{path}: config file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
-    return family_of_config(raw, str(path))
+    return family_of_config(read_config_json(path), str(path))
 
 
 for _family in BUILTIN:

@@ -6,8 +6,21 @@ naming the file and the key.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping
+
+
+def read_config_json(path: str | Path) -> Any:
+    """The parsed ``config.json`` at ``path`` (a ``ValueError`` naming the file when absent or not JSON)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: config file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
 
 
 def require(cfg: Mapping[str, Any], key: str, source: str) -> Any:

@@ -8,13 +8,12 @@ the key and the value.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from slowfast_trt.models.qwen2.config import TextConfig, positive_int, require
+from slowfast_trt.models.qwen2.config import TextConfig, positive_int, read_config_json, require
 
 MODEL_TYPE = "llava_qwen_slow_fast"
 SUPPORTED_VISION_TOWERS = {"convnext-576": 576}
@@ -179,11 +178,4 @@ class SlowFastConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "SlowFastConfig":
-        path = Path(path)
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ValueError(f"{path}: config file not found") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc})") from None
-        return cls.from_dict(raw, source=str(path))
+        return cls.from_dict(read_config_json(path), source=str(path))
