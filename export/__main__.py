@@ -1,7 +1,7 @@
-"""``python -m slowfast_trt.export``: see :mod:`slowfast_trt.export.cli`."""
+"""``python -m slowfast_trt.export``: see :mod:`slowfast_trt.cli.export`."""
 
 import sys
 
-from .cli import main
+from slowfast_trt.cli.export import main
 
 sys.exit(main())

@@ -29,7 +29,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from .quantize_int4 import DEFAULT_BLOCK, block_size_for, fake_quantize_linear
+from slowfast_trt.export.quantize_int4 import DEFAULT_BLOCK, block_size_for, fake_quantize_linear
 
 GRID = 20
 MAX_TOKENS = 512
@@ -46,7 +46,7 @@ GROUPS = ("qkv", "mlp", "down")
 
 def calibration_ids(tokenizer, prompts: Iterable[str] = DEFAULT_PROMPTS) -> list[list[int]]:
     """Token ids of each prompt in the model's chat template (no video)."""
-    from ..prompt import Conversation, tokenize_prompt
+    from slowfast_trt.prompt import Conversation, tokenize_prompt
 
     out = []
     for text in prompts:

@@ -7,6 +7,7 @@ Written by ``python -m slowfast_trt.export``; read by the runtime, which calls
 |--------------------|----------------------------------------------------------------------------|
 | format             | manifest layout version (``FORMAT``)                                       |
 | package_version    | ``slowfast_trt.__version__`` that exported the folder                      |
+| family             | the model family (``slowfast``; absent in older exports: ``slowfast``)     |
 | source             | checkpoint as given, resolved folder, ``hash`` and ``hash_method``         |
 | config             | the parsed ``SlowFastConfig`` (dataclass fields) and derived values        |
 | precision, dtype   | ``fp32``/``fp16``/``bf16`` and the torch dtype name of the weights         |
@@ -14,7 +15,7 @@ Written by ``python -m slowfast_trt.export``; read by the runtime, which calls
 | vocab_rows         | embedding / LM-head rows kept (the tokenizer length, as upstream resizes)  |
 | visual_tokens      | slow and fast token counts for ``frames`` (and per frame, fast frames)     |
 | subgraphs          | per graph: ONNX file, inputs and outputs (name, shape, dtype)              |
-| custom_op          | name, domain, op_version of ``cross_attention_op.json``                    |
+| custom_op          | name, domain, op_version of ``ops/cross_attention/contract.json``         |
 | layouts            | KV cache and slow K/V layouts, shapes and counts                           |
 | backend            | ``tensorrt`` or ``onnxruntime``; ``engines`` (TensorRT) and ``trt_lint``   |
 | files              | size in bytes of every file in the folder (manifest excluded)              |
@@ -31,9 +32,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import struct
 from pathlib import Path
 from typing import Any, Mapping
+
+from slowfast_trt.checkpoint_files import safetensors_header_bytes
+from slowfast_trt.export.rebuild import reexport
+from slowfast_trt.ops.cross_attention.contract import op_schema
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = 2  # 2: decoders take past_length (static-shape decode steps)
@@ -44,23 +48,12 @@ HASH_METHOD = (
 _REQUIRED = (
     "format", "package_version", "source", "precision", "frames", "max_seq_len", "subgraphs", "custom_op", "backend",
 )
-_REBUILD = "rebuild the export folder with: python -m slowfast_trt.export --ckpt CKPT --out DIR --force"
+_REBUILD = reexport()
 
 
 def _weight_files(directory: Path) -> list[Path]:
     files = sorted(directory.glob("*.safetensors"))
     return files or sorted(directory.glob("pytorch_model*.bin"))
-
-
-def _safetensors_header(path: Path) -> bytes:
-    with open(path, "rb") as handle:
-        raw = handle.read(8)
-        if len(raw) != 8:
-            raise ValueError(f"{path}: truncated safetensors file")
-        (length,) = struct.unpack("<Q", raw)
-        if length > path.stat().st_size - 8:
-            raise ValueError(f"{path}: corrupt safetensors header (length {length})")
-        return raw + handle.read(length)
 
 
 def _bin_sample(path: Path, chunk: int = 1 << 20) -> bytes:
@@ -84,7 +77,7 @@ def checkpoint_fingerprint(directory: str | Path) -> str:
     for f in files:
         size = f.stat().st_size
         digest.update(f"{f.name}\0{size}\0".encode())
-        digest.update(_safetensors_header(f) if f.suffix == ".safetensors" else _bin_sample(f))
+        digest.update(safetensors_header_bytes(f) if f.suffix == ".safetensors" else _bin_sample(f))
     return "sha256:" + digest.hexdigest()
 
 
@@ -143,7 +136,7 @@ def check_manifest(manifest: Mapping[str, Any], expected_version: str, ckpt_hash
     """Raise ValueError with a rebuild hint if the export does not match this package.
 
     Checked: the manifest format, the package version that exported it (graphs and runtime
-    change together), the custom-op version against ``cross_attention_op.json`` (the plugin
+    change together), the custom-op version against ``contract.json`` (the plugin
     is built from it), and, when ``ckpt_hash`` is given, the source checkpoint's hash.
     """
     if manifest.get("format") != FORMAT:
@@ -155,7 +148,7 @@ def check_manifest(manifest: Mapping[str, Any], expected_version: str, ckpt_hash
         raise ValueError(
             f"export made by slowfast_trt {exported}, this is slowfast_trt {expected_version}; {_REBUILD}"
         )
-    contract = json.loads(Path(__file__).with_name("cross_attention_op.json").read_text(encoding="utf-8"))
+    contract = op_schema()
     op = manifest.get("custom_op") or {}
     keys = ("name", "domain", "op_version")
     if tuple(op.get(k) for k in keys) != tuple(contract[k] for k in keys):

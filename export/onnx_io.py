@@ -8,7 +8,7 @@ constants; afterwards each such input becomes an external initializer whose byte
 to the data file block by block (:data:`BLOCK_BYTES`), never as a whole extra copy. The bytes
 come from the module's own tensor, or, for a tensor that is only a shape stub during the trace
 (``streams``: the exporter reading a checkpoint part by part), from a row-block stream such as
-:meth:`slowfast_trt.checkpoint.CheckpointWeights.row_blocks`. A weight only read through
+:meth:`slowfast_trt.models.slowfast.checkpoint.CheckpointWeights.row_blocks`. A weight only read through
 ``Transpose(perm=[1, 0])`` (Linear on 3-D input) is written transposed and the Transpose
 dropped, as constant folding would have done: from a loaded tensor in column blocks, from a
 stream by scattering each row block into the columns of its region. No weight is ever copied
@@ -37,20 +37,15 @@ import torch
 from onnx import external_data_helper, helper, numpy_helper
 from torch import nn
 
-from .cross_attention import op_schema
-from .custom_op import custom_opsets, register_onnx_symbolic
-from .onnx_function import FUNCTION_OPSET, add_cross_attention_function
+from slowfast_trt.dtypes import onnx_type
+from slowfast_trt.ops.cross_attention.contract import op_schema
+from slowfast_trt.ops.cross_attention.custom_op import custom_opsets, register_onnx_symbolic
+from slowfast_trt.ops.cross_attention.onnx_function import FUNCTION_OPSET, add_cross_attention_function
 
 OPSET = FUNCTION_OPSET  # 17: LayerNormalization is native; TensorRT 10 parses up to 20
 INLINE_BYTES = 1024  # smaller tensors stay in the proto (norm biases of tiny models, constants)
 _ALIGN = 4096  # large tensors start on a page boundary (mmap-friendly)
 BLOCK_BYTES = 16 << 20  # what one write to a data file holds at most (besides the source tensor)
-_ONNX_TYPES = {
-    torch.float32: onnx.TensorProto.FLOAT, torch.float16: onnx.TensorProto.FLOAT16,
-    torch.bfloat16: onnx.TensorProto.BFLOAT16, torch.float64: onnx.TensorProto.DOUBLE,
-    torch.int64: onnx.TensorProto.INT64, torch.int32: onnx.TensorProto.INT32, torch.int16: onnx.TensorProto.INT16,
-    torch.int8: onnx.TensorProto.INT8, torch.uint8: onnx.TensorProto.UINT8, torch.bool: onnx.TensorProto.BOOL,
-}
 Blocks = Callable[[], Iterable["torch.Tensor | np.ndarray"]]
 
 
@@ -153,8 +148,10 @@ class DataFile:
     """Writes tensors to one external-data file (appending to it when it is shared); ``regions``
     maps names already in it. Writes go to explicit offsets (``os.pwrite``)."""
 
-    def __init__(self, path: Path, share: Path | None):
-        self.path, self.regions = path, {}
+    def __init__(self, path: Path, share: Path | None, location: str | None = None):
+        # ``location``: the file name the graphs record (default ``path.name``; a file written
+        # under a temporary name and renamed into place records its final name).
+        self.path, self.regions, self.location = path, {}, location or path.name
         if share is None:
             path.unlink(missing_ok=True)
         else:
@@ -166,8 +163,12 @@ class DataFile:
         self.end = os.fstat(self.fd).st_size
 
     def close(self) -> None:
+        """Truncate to the last region and close; a second call does nothing."""
+        if self.fd is None:
+            return
         os.ftruncate(self.fd, self.end)  # a region's alignment gap before it is a hole: zeros
         os.close(self.fd)
+        self.fd = None
 
     def _write(self, data: memoryview, offset: int) -> None:
         while len(data):
@@ -188,7 +189,7 @@ class DataFile:
         region = self.regions.get(name) if reuse else None
         if region is None or region[:2] != (data_type, shape):
             itemsize = _itemsize(data_type)
-            length = int(np.prod(shape, dtype=np.int64)) * itemsize
+            length = _nbytes(data_type, shape)
             offset = self.end + (-self.end % _ALIGN)
             written = 0
             for block in blocks():
@@ -209,7 +210,7 @@ class DataFile:
             self.end = max(self.end, offset + length)
             region = (data_type, shape, offset, length)
             self.regions[name] = region
-        return _external(name, data_type, shape, self.path.name, region[2], region[3])
+        return _external(name, data_type, shape, self.location, region[2], region[3])
 
 
 def _mapped_copy(tensor: torch.Tensor) -> torch.Tensor:
@@ -222,7 +223,17 @@ def _mapped_copy(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _itemsize(data_type: int) -> int:
+    if data_type in _PACKED_4BIT:
+        return 1  # two values a byte; only whole-row blocks are written
     return np.dtype(helper.tensor_dtype_to_np_dtype(data_type)).itemsize
+
+
+_PACKED_4BIT = frozenset({onnx.TensorProto.INT4, onnx.TensorProto.UINT4})
+
+
+def _nbytes(data_type: int, shape) -> int:
+    count = int(np.prod(shape, dtype=np.int64))
+    return (count + 1) // 2 if data_type in _PACKED_4BIT else count * _itemsize(data_type)
 
 
 def as_bytes(block) -> memoryview:
@@ -273,7 +284,7 @@ def _weights_to_initializers(
         users = consumers.get(name, [])
         if not users:
             continue  # not part of this graph (e.g. the slow K/V projection in the decoder)
-        shape, data_type = tuple(tensor.shape), _ONNX_TYPES[tensor.dtype]
+        shape, data_type = tuple(tensor.shape), onnx_type(tensor.dtype)
         source = streams.get(name)
         if source is None and tensor.numel() > 1 and 0 in tensor.stride():
             raise ValueError(f"{name}: a shape stub (stride 0) with no stream for its bytes")

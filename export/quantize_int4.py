@@ -32,10 +32,7 @@ default, quantizes the activations to int8 for it (``accuracy_level`` 4). Set th
 config entry ``session.qdq_matmulnbits_accuracy_level`` to ``"1"`` (float32 activations) for
 weight-only numerics comparable with TensorRT's half-precision GEMMs.
 
-:func:`export_int4_awq` is the ``--precision int4-awq`` export: AWQ scales
-(:mod:`slowfast_trt.export.awq`) folded into the model, :func:`~.subgraphs.export_all`, then
-:func:`quantize_decoder_onnx` on ``decoder.onnx`` and ``decoder_nocross.onnx`` (which share
-one data file, rewritten once with 4-bit weights).
+The ``--precision int4-awq`` export that uses these pieces is :mod:`slowfast_trt.export.int4_export`.
 """
 
 from __future__ import annotations
@@ -45,14 +42,15 @@ import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import onnx
 import torch
 from onnx import TensorProto, external_data_helper, helper, numpy_helper
 
-from . import specs as S
+from slowfast_trt.export.onnx_io import DataFile
+from slowfast_trt.models.slowfast import specs as S
 
 DEFAULT_BLOCK = 128
 MIN_BLOCK = 16
@@ -60,7 +58,6 @@ INT4_OPSET = 21
 INT4_IR_VERSION = 10  # INT4 tensors and opset 21 need IR version 10 (ONNX 1.16)
 QMIN, QMAX = -8, 7
 REPORT_FILE = "quantization.json"
-_ALIGN = 4096
 # Decoder weights quantized by default: the seven projections of every layer.
 DEFAULT_PATTERN = re.compile(r"layers\.\d+\.(q_proj|k_proj|v_proj|o_proj|mlp\.gate_proj|mlp\.up_proj|mlp\.down_proj)\.")
 LM_HEAD_PATTERN = re.compile(r"lm_head\.")
@@ -227,27 +224,10 @@ def default_selector(include_lm_head: bool = False) -> Callable[[str], bool]:
     return select
 
 
-class _DataWriter:
-    """Writes tensors, page-aligned, into a new external-data file; shared names are written once."""
 
-    def __init__(self, path: Path, location: str):
-        self.location, self.regions = location, {}
-        self.handle = open(path, "wb")
-
-    def add(self, name: str, data_type: int, dims, raw: bytes | memoryview) -> TensorProto:
-        if name not in self.regions:
-            offset = self.handle.tell()
-            pad = -offset % _ALIGN
-            self.handle.write(b"\0" * pad)
-            self.handle.write(raw)
-            self.regions[name] = (offset + pad, len(raw))
-        offset, length = self.regions[name]
-        tensor = TensorProto(name=name, data_type=data_type, dims=list(dims))
-        for key, value in (("location", self.location), ("offset", str(offset)), ("length", str(length))):
-            entry = tensor.external_data.add()
-            entry.key, entry.value = key, value
-        tensor.data_location = TensorProto.EXTERNAL
-        return tensor
+def _add(writer: DataFile, name: str, data_type: int, dims, raw) -> TensorProto:
+    """One external initializer from raw bytes; a name already written is reused, not written again."""
+    return writer.add(name, data_type, tuple(dims), lambda: [np.frombuffer(raw, dtype=np.uint8)], reuse=True)
 
 
 def _read_initializer(tensor: TensorProto, source: np.memmap | None) -> np.ndarray:
@@ -306,7 +286,7 @@ def _rewrite_graph(graph, targets, source, writer, scale_dtype, report: Int4Repo
         elif external_data_helper.uses_external_data(tensor):
             info = external_data_helper.ExternalDataInfo(tensor)
             raw = memoryview(source[info.offset : info.offset + info.length])
-            new_inits.append(writer.add(name, tensor.data_type, tensor.dims, raw))
+            new_inits.append(_add(writer, name, tensor.data_type, tensor.dims, raw))
         else:
             new_inits.append(tensor)
     del graph.initializer[:]
@@ -320,8 +300,8 @@ def _quantize_initializer(tensor, block, source, writer, scale_dtype, report: In
     q, scale = quantize_blockwise(torch.from_numpy(np.array(array, dtype=np.float32)), block, scale_dtype)
     packed = pack_int4(q.numpy())
     scale_np = scale.numpy()
-    q_tensor = writer.add(f"{tensor.name}.int4", TensorProto.INT4, (k, n), packed.tobytes())
-    s_tensor = writer.add(f"{tensor.name}.scale", helper.np_dtype_to_tensor_dtype(scale_np.dtype), scale_np.shape,
+    q_tensor = _add(writer, f"{tensor.name}.int4", TensorProto.INT4, (k, n), packed.tobytes())
+    s_tensor = _add(writer, f"{tensor.name}.scale", helper.np_dtype_to_tensor_dtype(scale_np.dtype), scale_np.shape,
                           scale_np.tobytes())
     report.quantized.append(QuantizedWeight(tensor.name, k, n, block, array.nbytes, packed.nbytes + scale_np.nbytes))
     return q_tensor, s_tensor, block
@@ -375,7 +355,7 @@ def quantize_decoder_onnx(
     source = np.memmap(data_path, dtype=np.uint8, mode="r") if data_path.is_file() else None
     report.bytes_before = data_path.stat().st_size if source is not None else 0
     tmp = directory / f".{location}.int4-tmp"
-    writer = _DataWriter(tmp, location)
+    writer = DataFile(tmp, share=None, location=location)
     done: dict = {}
     try:
         for model in models:
@@ -384,11 +364,11 @@ def quantize_decoder_onnx(
             report.scale_dtype = dtype
             _rewrite_graph(model.graph, targets, source, writer, getattr(torch, dtype), report, done)
             upgrade_opset(model)
-        writer.handle.close()
+        writer.close()
         del source
         os.replace(tmp, data_path)
     finally:
-        writer.handle.close()
+        writer.close()
         tmp.unlink(missing_ok=True)
     for model, path in zip(models, paths):
         path.write_bytes(model.SerializeToString())  # the external data is already in place
@@ -405,53 +385,3 @@ def _weight_dtype(graph: onnx.GraphProto, targets: dict) -> str:
     if not types:
         return "float32"
     return np.dtype(helper.tensor_dtype_to_np_dtype(types.pop())).name
-
-
-# ---- --precision int4-awq ---------------------------------------------------------------------
-
-
-def export_int4_awq(
-    model,
-    out_dir: str | Path,
-    frames: int,
-    max_seq_len: int,
-    *,
-    tokenizer=None,
-    calibration: Iterable[str] | Iterable[Sequence[int]] | None = None,
-    activation_precision: str = "float16",
-    block: int = DEFAULT_BLOCK,
-    method: str = "awq",
-    include_lm_head: bool = False,
-    progress: Callable[[str], None] = lambda msg: None,
-) -> dict[str, S.SubgraphSpec]:
-    """Export ``model`` with an INT4 weight-only (AWQ) decoder into ``out_dir``.
-
-    1. AWQ (``method="awq"``): per-input-channel scales searched on ``calibration`` (prompt
-       strings, tokenized with ``tokenizer``, or token-id lists; default: the built-in prompts
-       when a tokenizer is given) and folded into the RMSNorm weights / ``up_proj`` rows. With
-       ``method="rtn"``, or without calibration data, plain round-to-nearest.
-    2. :func:`~.subgraphs.export_all` in ``activation_precision`` (float16 for TensorRT and
-       Jetson; float32 for accuracy checks, or a bf16 engine).
-    3. :func:`quantize_decoder_onnx`; vision, pooler and slow K/V stay in ``activation_precision``.
-
-    Returns the specs of :func:`~.subgraphs.export_all`; ``quantization.json`` records the
-    method, the AWQ scales' search results and every weight's block. ``model`` is modified
-    in place (folded scales, converted dtype).
-    """
-    from .awq import apply_awq
-    from .subgraphs import export_all
-
-    out_dir = Path(out_dir)
-    if method not in ("awq", "rtn"):
-        raise ValueError(f"method must be 'awq' or 'rtn', got {method!r}")
-    awq = {"method": "rtn", "reason": "method='rtn'"}
-    if method == "awq":
-        progress("AWQ: searching per-channel scales on the calibration prompts")
-        awq = apply_awq(model, tokenizer=tokenizer, calibration=calibration, block=block)
-    progress(f"exporting ONNX subgraphs ({activation_precision} activations)")
-    specs = export_all(model, out_dir, activation_precision, frames, max_seq_len, progress=progress)
-    progress("rewriting the decoder weights to INT4")
-    report = quantize_decoder_onnx(out_dir, block=block, select=default_selector(include_lm_head))
-    payload = {"scheme": "int4 weight-only, symmetric, blockwise along the input dim", "awq": awq, **report.to_json()}
-    (out_dir / REPORT_FILE).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    return specs

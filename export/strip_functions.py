@@ -15,16 +15,15 @@ stripped graph is written next to the original, pointing at the same external da
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import onnx
 from onnx import ModelProto
 
+from slowfast_trt.ops.cross_attention.contract import op_schema
+
 DEFAULT_DOMAIN = "slowfast_trt"
 STRIPPED_SUFFIX = ".trt.onnx"
-OP_SCHEMA_PATH = Path(__file__).with_name("cross_attention_op.json")
 
 
 def strip_local_functions(model: ModelProto, domain: str = DEFAULT_DOMAIN) -> ModelProto:
@@ -44,7 +43,7 @@ def strip_local_functions(model: ModelProto, domain: str = DEFAULT_DOMAIN) -> Mo
 
 
 def _op_version(domain: str) -> int:
-    schema = json.loads(OP_SCHEMA_PATH.read_text(encoding="utf-8"))
+    schema = op_schema()
     return int(schema["op_version"]) if schema["domain"] == domain else 1
 
 
@@ -101,21 +100,3 @@ def strip_file(src: str | Path, dst: str | Path | None = None, domain: str = DEF
     # Serialize by hand: onnx.save would try to (re)write external data tensors.
     dst.write_bytes(strip_local_functions(model, domain).SerializeToString())
     return dst
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) not in (1, 2) or args[0].startswith("-"):
-        print("usage: python -m slowfast_trt.export.strip_functions MODEL.onnx [OUT.onnx]", file=sys.stderr)
-        return 2
-    try:
-        out = strip_file(args[0], args[1] if len(args) == 2 else None)
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(out)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

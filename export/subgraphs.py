@@ -30,17 +30,17 @@ copies) and the weights never enter torch's ONNX proto: they are written to the 
 blocks (:mod:`slowfast_trt.export.onnx_io`). ``export_all`` converts ``model`` in place to
 ``precision`` when it is not already in it.
 
-A model from :func:`slowfast_trt.checkpoint.open_model` (parameters on the meta device, with
+A model from :func:`slowfast_trt.models.slowfast.checkpoint.open_model` (parameters on the meta device, with
 ``model.checkpoint_weights``; what the CLI passes) is exported without ever being loaded: before
 each subgraph the parameters of its part get their checkpoint values if small (below
-``INLINE_BYTES``) and zero-page stubs otherwise (:func:`~slowfast_trt.checkpoint.materialize`,
-:func:`~slowfast_trt.checkpoint.zero_stub`: real contiguous tensors that read as zeros and cost
+``INLINE_BYTES``) and zero-page stubs otherwise (:func:`~slowfast_trt.models.slowfast.checkpoint.materialize`,
+:func:`~slowfast_trt.models.slowfast.checkpoint.zero_stub`: real contiguous tensors that read as zeros and cost
 no memory). The trace only needs shapes (tested: the same graphs and bytes as from the loaded
 model); each large weight is then streamed from the checkpoint file into the data file in
 16 MiB row blocks, converted to ``precision`` block by block (transposed ones scattered into
 their columns). After the subgraph the part goes back to the meta device and freed memory is
 returned to the OS. Peak memory is then the imports, the trace's activations and a few blocks,
-whatever the model size (``python -m slowfast_trt.export.bench_export_memory``, 2 CPU cores):
+whatever the model size (``python -m slowfast_trt.tools.bench_export_memory``, 2 CPU cores):
 0.42 GiB during the full-size 28-layer decoder (13.2 GiB of fp16 weights), 0.83 GiB during the
 7B's ConvNeXt-XXL vision tower (1.6 GiB; its trace's activations at full resolution).
 """
@@ -56,12 +56,25 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import PARTS, materialize, parse_dtype, release, trim_memory
-from ..model import SlowFastModel
-from ..preprocess import CLIP_MEAN, CLIP_STD
-from . import specs as S
-from .onnx_io import INLINE_BYTES, Blocks, ExportGraph, as_bytes, export_graph, large_tensors, row_blocks
-from .visual_tokens import fast_frame_indices, pool_grid, uses_avg_pool3d, video_pooling_stride
+from slowfast_trt.models.slowfast.checkpoint import PARTS, materialize, parse_dtype, release, trim_memory
+from slowfast_trt.models.slowfast.model import SlowFastModel
+from slowfast_trt.preprocess import CLIP_MEAN, CLIP_STD
+from slowfast_trt.models.slowfast import specs as S
+from slowfast_trt.export.onnx_io import (
+    INLINE_BYTES,
+    Blocks,
+    ExportGraph,
+    as_bytes,
+    export_graph,
+    large_tensors,
+    row_blocks,
+)
+from slowfast_trt.models.slowfast.visual_tokens import (
+    fast_frame_indices,
+    pool_grid,
+    uses_avg_pool3d,
+    video_pooling_stride,
+)
 
 
 class VisionGraph(ExportGraph):
@@ -367,7 +380,7 @@ def export_all(
 ) -> dict[str, S.SubgraphSpec]:
     """Export every subgraph (and the embedding table) into ``out_dir``; returns their specs.
 
-    ``model``: loaded, or from :func:`slowfast_trt.checkpoint.open_model` (lazy: each part is
+    ``model``: loaded, or from :func:`slowfast_trt.models.slowfast.checkpoint.open_model` (lazy: each part is
     materialised as stubs + small tensors just before its subgraph and released right after,
     large weights streamed from the checkpoint; see the module docstring).
     """

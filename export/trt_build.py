@@ -1,6 +1,6 @@
 """TensorRT engines from an export folder: the only module that imports ``tensorrt`` (lazily).
 
-    python -m slowfast_trt.export.trt_build DIR [--vision-batch 8] [--max-prefill-rows N]
+    slowfast-trt-build DIR [--vision-batch 8] [--max-prefill-rows N]
         [--no-nocross] [--workspace-gib G]      # on the target device, e.g. a Jetson
 
 Plans, flags, profiles, file names and manifests come from :mod:`.trt_plan`; this file only
@@ -11,14 +11,12 @@ profiles: checked by :func:`.trt_plan.check_engine_compat`) and ``trt_build_log.
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Mapping
 
-from ..trt_import import import_tensorrt as _import_tensorrt
-from . import trt_plan as P
+from slowfast_trt.trt_import import import_tensorrt as _import_tensorrt
+from slowfast_trt.export import trt_plan as P
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "slowfast_trt"
 
@@ -99,7 +97,7 @@ def build_engines(
                            max_prefill_rows=max_prefill_rows, include_nocross=include_nocross,
                            workspace_bytes=workspace_bytes)
     trt = import_tensorrt()
-    from ..kernels import plugin_library_path
+    from slowfast_trt.ops.cross_attention.kernel import plugin_library_path
 
     library = plugin_library_path()
     if library is None:
@@ -129,30 +127,3 @@ def build_engines(
     P.write_json(Path(stage) / P.ENGINE_MANIFEST_NAME,
                  P.engine_manifest(trt.__version__, capability, device_name, precision, entries))
     return files
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Build the engines of an existing export folder in place (manifest updated)."""
-    p = argparse.ArgumentParser(prog="python -m slowfast_trt.export.trt_build", description=main.__doc__)
-    p.add_argument("dir", help="export folder (manifest.json, *.onnx)")
-    p.add_argument("--vision-batch", type=int, default=None, help="most frames per vision call (default all)")
-    p.add_argument("--max-prefill-rows", type=int, default=None, help="most rows per prefill call (default max_seq_len)")
-    p.add_argument("--no-nocross", action="store_true", help="no decoder_nocross engine (one decoder weight copy)")
-    p.add_argument("--workspace-gib", type=float, default=None, help="TensorRT workspace limit")
-    args = p.parse_args(argv)
-    try:
-        found = P.folder_inputs(args.dir)
-        workspace = int(args.workspace_gib * (1 << 30)) if args.workspace_gib else None
-        engines = build_engines(Path(args.dir), found["trt_files"], found["specs"], precision=found["precision"],
-                                frames=found["frames"], max_seq_len=found["max_seq_len"], progress=print,
-                                vision_batch=args.vision_batch, max_prefill_rows=args.max_prefill_rows,
-                                include_nocross=not args.no_nocross, workspace_bytes=workspace)
-        P.record_engines(args.dir, found["manifest"], engines)
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,7 +7,7 @@ parser should take the graph with our plugin library loaded. Weights are never r
 |-----------------|---------------------------------------------------------------------------------|
 | opset           | the default-domain opset is outside 9..20 (``trt_onnx_ops.json``)               |
 | operators       | a node's op is not in the supported list; a node of another domain than ours   |
-| custom op       | a node of our domain is not the op of ``cross_attention_op.json``, misses or    |
+| custom op       | a node of our domain is not the op of ``contract.json``, misses or    |
 |                 | mistypes an attribute, has a wrong input count, or plugin version/namespace     |
 |                 | differ from the contract                                                        |
 | dtypes          | an op's data input has a type outside the op's supported types (e.g. int64 or   |
@@ -31,14 +31,13 @@ therefore allowed only for token ids, positions and the flat indices of attendin
 whose values (< vocab size, < max_seq_len, < batch * max_seq_len) always fit int32; shape
 arithmetic inside the graph (Shape, Gather, Concat, Range... on int64) is fine.
 
-    python -m slowfast_trt.export.trt_lint FILE.onnx...     # exit 1 when there are problems
+    slowfast-trt-lint FILE.onnx...                  # exit 1 when there are problems
 """
 
 from __future__ import annotations
 
 import json
 import re
-import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -46,8 +45,9 @@ from typing import Iterable, Iterator
 import onnx
 from onnx import GraphProto, ModelProto, NodeProto, TensorProto
 
+from slowfast_trt.ops.cross_attention.contract import op_schema
+
 OPS_PATH = Path(__file__).with_name("trt_onnx_ops.json")
-OP_SCHEMA_PATH = Path(__file__).with_name("cross_attention_op.json")
 INT64_INPUTS = frozenset({"input_ids", "position_ids", "past_length", "cross_rows"})
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 # Names exporters generate for dims nobody named: torch.export symbols (s0, s12), ONNX shape
@@ -69,9 +69,8 @@ def trt_ops() -> dict:
     return json.loads(OPS_PATH.read_text(encoding="utf-8"))
 
 
-@lru_cache(maxsize=1)
 def _op_contract() -> dict:
-    return json.loads(OP_SCHEMA_PATH.read_text(encoding="utf-8"))
+    return op_schema()
 
 
 def _load(model: str | Path | ModelProto) -> ModelProto:
@@ -276,27 +275,3 @@ def lint_model(
     for where, node, _ in _walk(proto.graph):
         problems.extend(_check_node(where, node, types, constants, table, domain))
     return problems
-
-
-def main(argv: list[str] | None = None) -> int:
-    files = sys.argv[1:] if argv is None else argv
-    if not files or any(f.startswith("-") for f in files):
-        print("usage: python -m slowfast_trt.export.trt_lint FILE.onnx...", file=sys.stderr)
-        return 2
-    status = 0
-    for name in files:
-        try:
-            problems = lint_model(name)
-        except (ValueError, OSError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        for problem in problems:
-            print(f"{name}: {problem}")
-        if not problems:
-            print(f"{name}: ok")
-        status = status or (1 if problems else 0)
-    return status
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -49,15 +49,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from . import specs as S
+from slowfast_trt.dtypes import normalize_precision
+from slowfast_trt.export.rebuild import rebuild_engines
+from slowfast_trt.models.slowfast import specs as S
 
 ENGINE_MANIFEST_NAME = "engines.json"
 BUILD_LOG_NAME = "trt_build_log.json"
 ENGINE_FORMAT = 1
-PRECISIONS = ("fp32", "fp16", "bf16", "int4-awq")
-_ALIASES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "int4_awq": "int4-awq"}
 PROMPT_TEXT_TOKENS = 64  # text rows of a typical prompt (system + question + headers)
-_REBUILD = "rebuild the engines on this device: python -m slowfast_trt.export --ckpt CKPT --out DIR --force"
+_REBUILD = rebuild_engines()
 
 
 @dataclass(frozen=True)
@@ -89,14 +89,6 @@ class BuildSettings:
         entry = asdict(self)
         entry["profiles"] = [p.to_json() for p in self.profiles]
         return entry
-
-
-def normalize_precision(precision: str) -> str:
-    """``fp16``/``float16`` ... -> one of :data:`PRECISIONS`."""
-    p = _ALIASES.get(precision, precision)
-    if p not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    return p
 
 
 def precision_settings(subgraph: str, precision: str) -> dict[str, Any]:
@@ -220,7 +212,7 @@ def prepare_onnx_for_parser(path: str | Path) -> Path:
     instead of calling the plugin). A file that already has no local function is returned."""
     import onnx
 
-    from .strip_functions import STRIPPED_SUFFIX, strip_file
+    from slowfast_trt.export.strip_functions import STRIPPED_SUFFIX, strip_file
 
     path = Path(path)
     model = onnx.load(str(path), load_external_data=False)
@@ -309,8 +301,8 @@ def folder_inputs(directory: str | Path) -> dict[str, Any]:
     (e.g. exported with ``--onnx-only`` on a workstation, engines built on the Jetson): the
     specs (rebuilt from ``config.json`` and the manifest), the parser files, precision,
     frames and max_seq_len."""
-    from ..config import SlowFastConfig
-    from .manifest import load_manifest
+    from slowfast_trt.models.slowfast.config import SlowFastConfig
+    from slowfast_trt.export.manifest import load_manifest
 
     directory = Path(directory)
     manifest = load_manifest(directory)
@@ -328,7 +320,7 @@ def folder_inputs(directory: str | Path) -> dict[str, Any]:
 def record_engines(directory: str | Path, manifest: dict, engines: Mapping[str, str]) -> dict:
     """``manifest`` with ``engines`` (subgraph -> engine file, what the runtime opens), the
     backend and the folder's file sizes updated; written back to ``manifest.json``."""
-    from .manifest import folder_files, write_manifest
+    from slowfast_trt.export.manifest import folder_files, write_manifest
 
     manifest = dict(manifest, engines=dict(engines), backend="tensorrt")
     manifest["files"] = folder_files(Path(directory))

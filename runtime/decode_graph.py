@@ -6,7 +6,7 @@ of the step. A CUDA graph launches them all with one call. A graph replays fixed
 fixed addresses, so a step is expressed over buffers that never move:
 
 * ``past_key_i``/``past_value_i``: the KV cache buffers themselves, all ``max_len`` rows; the
-  decoder's ``past_length`` input masks the rows not yet written (``export.qwen2``);
+  decoder's ``past_length`` input masks the rows not yet written (``models.qwen2.layers``);
 * ``inputs_embeds``: the runner's embedding buffer, refilled before each step;
   ``position_ids`` and ``past_length``: one int64 buffer owned by the step (the new row's
   position is the cache's valid length); slow K/V and ``slow_lengths``: the video's own tensors;
@@ -45,7 +45,7 @@ from typing import Mapping
 
 import torch
 
-from .engine import Engine, EngineError
+from slowfast_trt.runtime.engine import Engine, EngineError
 
 __all__ = ["DECODE_STEP_MODES", "StaticDecodeStep", "StaticStepCache", "resolve_decode_steps"]
 

@@ -26,6 +26,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
+from slowfast_trt import dtypes
+
 __all__ = [
     "Engine",
     "EngineError",
@@ -42,29 +44,6 @@ __all__ = [
     "torch_dtype",
 ]
 
-# One table for every name a dtype goes by: our specs and manifests ("float16"), ONNX
-# Runtime type strings ("tensor(float16)"), TensorRT enum names ("HALF").
-_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float64": torch.float64,
-    "int64": torch.int64,
-    "int32": torch.int32,
-    "int8": torch.int8,
-    "uint8": torch.uint8,
-    "bool": torch.bool,
-}
-_ALIASES = {
-    "float": "float32",
-    "double": "float64",
-    "half": "float16",
-    "bf16": "bfloat16",
-    "fp32": "float32",
-    "fp16": "float16",
-    "int": "int32",
-    "long": "int64",
-}
 _EMPTY: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
 
 
@@ -73,35 +52,27 @@ class EngineError(ValueError):
 
 
 def torch_dtype(name: str | torch.dtype | np.dtype) -> torch.dtype:
-    """``"float16"``, ``"tensor(float16)"``, ``"HALF"``, ``np.float16`` ... -> ``torch.float16``."""
-    if isinstance(name, torch.dtype):
-        return name
-    if isinstance(name, (np.dtype, type)):
-        return torch.from_numpy(np.zeros(0, dtype=name)).dtype
-    key = str(name).strip().lower()
-    if key.startswith("tensor(") and key.endswith(")"):
-        key = key[len("tensor(") : -1]
-    if key.startswith("datatype."):
-        key = key[len("datatype.") :]
-    key = _ALIASES.get(key, key)
-    if key not in _DTYPES:
-        raise EngineError(f"unsupported tensor dtype {name!r} (supported: {', '.join(_DTYPES)})")
-    return _DTYPES[key]
+    """:func:`slowfast_trt.dtypes.torch_dtype`, failing with an :class:`EngineError`."""
+    try:
+        return dtypes.torch_dtype(name)
+    except ValueError as exc:
+        raise EngineError(str(exc)) from None
 
 
 def numpy_dtype(dtype: str | torch.dtype) -> np.dtype:
-    """The numpy dtype of a torch dtype (bfloat16 has none: an ``EngineError``)."""
-    dtype = torch_dtype(dtype)
-    if dtype == torch.bfloat16:
-        raise EngineError("bfloat16 has no numpy dtype; bind it by pointer instead")
-    return torch.zeros(0, dtype=dtype).numpy().dtype
+    """:func:`slowfast_trt.dtypes.numpy_dtype`, failing with an :class:`EngineError`."""
+    try:
+        return dtypes.numpy_dtype(dtype)
+    except ValueError as exc:
+        raise EngineError(str(exc)) from None
 
 
 def dtype_name(dtype: torch.dtype) -> str:
-    for name, value in _DTYPES.items():
-        if value == dtype:
-            return name
-    raise EngineError(f"unsupported tensor dtype {dtype}")
+    """:func:`slowfast_trt.dtypes.dtype_name`, failing with an :class:`EngineError`."""
+    try:
+        return dtypes.dtype_name(dtype)
+    except ValueError as exc:
+        raise EngineError(str(exc)) from None
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-from .engine import (
+from slowfast_trt.runtime.engine import (
     Engine,
     EngineError,
     TensorInfo,

@@ -29,15 +29,29 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ..config import SlowFastConfig
-from ..preprocess import resize_and_center_crop
-from ..prompt import DEFAULT_SYSTEM, VIDEO_TOKEN_ID, ChatTurn, Conversation, PromptTokens, stop_token_ids, tokenize_prompt
-from ..reference import GenerationResult, _apply_stop_strings, _hits_stop_string
-from ..sampling import SamplingParams, TokenSampler
-from ..sequence import SequenceLayout, attend_to_rows, decode_rows_attend, prefill_attend_mask
-from ..detokenize import TextStream
-from .engine import Engine
-from .kv_cache import DecoderRunner, KVCache, KVCacheSpec, slow_kv_names
+from slowfast_trt.models.slowfast.config import SlowFastConfig
+from slowfast_trt.preprocess import resize_and_center_crop
+from slowfast_trt.prompt import (
+    DEFAULT_SYSTEM,
+    VIDEO_TOKEN_ID,
+    ChatTurn,
+    Conversation,
+    PromptTokens,
+    stop_token_ids,
+    tokenize_prompt,
+)
+from slowfast_trt.generation import DecodeOutcome, GenerationResult, apply_stop_strings, decode_loop
+from slowfast_trt.sampling import SamplingParams
+from slowfast_trt.models.slowfast.sequence import (
+    SequenceLayout,
+    attend_to_rows,
+    decode_rows_attend,
+    prefill_attend_mask,
+)
+from slowfast_trt.detokenize import TextStream
+from slowfast_trt.runtime.engine import Engine
+from slowfast_trt.runtime.decoder_runner import DecoderRunner
+from slowfast_trt.runtime.kv_cache import KVCache, KVCacheSpec, slow_kv_names
 
 __all__ = [
     "RuntimeModel",
@@ -411,43 +425,30 @@ class VideoSession:
     # -- decode -----------------------------------------------------------------------------
 
     def _decode(self, turn: _Turn) -> Iterator[int]:
-        """Yield generated ids (the reference's loop, step for step); finish the turn at the end."""
-        params, ids = turn.params, turn.ids
-        sampler = TokenSampler(params)
-        stops = set() if self.ignore_stop_tokens else self._stop_ids | set(params.stop_token_ids)
+        """Yield generated ids (the shared decode loop over this session's cache); finish the turn at the end."""
         attend = self._video is not None and self._rows_attend
-        length = turn.layout.length
-        start = time.perf_counter()
-        token = sampler(turn.first_logits, ids)
-        turn.first_logits = None
-        decode_start = None
-        while True:
-            if token in stops:
-                turn.reason = "stop"
-                break
-            ids.append(token)
-            if len(ids) == 1:
-                turn.timings["ttft_ms"] = turn.timings["prefill_ms"] + _ms(start)
-                decode_start = time.perf_counter()
-            yield token
-            if len(ids) >= params.max_new_tokens or _hits_stop_string(self._model.tokenizer, ids, params.stop_strings):
-                turn.reason = "length" if len(ids) >= params.max_new_tokens else "stop_string"
-                break
+        state = {"length": turn.layout.length}
+
+        def step(token: int) -> torch.Tensor:
             if self.recompute_slow_kv_per_step and self._video is not None:
                 self._video.recompute_slow_kv(self._model)
-            logits = self._runner.decode_step(self._kv, self._video, token, length, attend)
+            logits = self._runner.decode_step(self._kv, self._video, token, state["length"], attend)
             if attend:
                 self._rows.append(token)
-            length += 1
-            token = sampler(logits, ids)
-        self._runner.synchronize()
-        if decode_start is not None:
-            turn.timings["decode_ms_per_token"] = _ms(decode_start) / max(len(ids) - 1, 1)
+            state["length"] += 1
+            return logits
+
+        first, turn.first_logits = turn.first_logits, None
+        stops = set() if self.ignore_stop_tokens else self._stop_ids | set(turn.params.stop_token_ids)
+        outcome = DecodeOutcome(ids=turn.ids)
+        yield from decode_loop(first, step, turn.params, stops, self._model.tokenizer, turn.timings, outcome,
+                               synchronize=self._runner.synchronize)
+        turn.reason = outcome.reason
         self._finish(turn)
 
     def _finish(self, turn: _Turn) -> None:
         text = self._model.tokenizer.decode(turn.ids, skip_special_tokens=True)
-        text, reason = _apply_stop_strings(text, turn.reason, turn.params.stop_strings)
+        text, reason = apply_stop_strings(text, turn.reason, turn.params.stop_strings)
         conversation, note = turn.conversation, None
         try:
             conversation.set_answer(text)

@@ -24,11 +24,11 @@ from typing import Callable, Mapping
 
 import torch
 
-from ..export import specs as S
-from ..export.visual_tokens import encode_visual_tokens
-from ..model import SlowFastModel
-from ..preprocess import normalize
-from .engine import Engine, TensorInfo, check_feeds, check_output_buffer, dtype_name
+from slowfast_trt.models.slowfast import specs as S
+from slowfast_trt.models.slowfast.visual_tokens import encode_visual_tokens
+from slowfast_trt.models.slowfast.model import SlowFastModel
+from slowfast_trt.preprocess import normalize
+from slowfast_trt.runtime.engine import Engine, TensorInfo, check_feeds, check_output_buffer, dtype_name
 
 __all__ = ["TorchEngine", "torch_engines"]
 

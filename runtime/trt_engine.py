@@ -25,8 +25,8 @@ from typing import Mapping
 
 import torch
 
-from ..trt_import import import_tensorrt as _import_tensorrt
-from .engine import (
+from slowfast_trt.trt_import import import_tensorrt as _import_tensorrt
+from slowfast_trt.runtime.engine import (
     DECODE_PROFILE,
     Engine,
     EngineError,
@@ -59,7 +59,7 @@ def tensorrt_available() -> bool:
 
 def load_plugin_library(trt) -> None:
     """Register the slow-token cross-attention plugin with TensorRT, once per process."""
-    from ..kernels import plugin_library_path
+    from slowfast_trt.ops.cross_attention.kernel import plugin_library_path
 
     path = plugin_library_path()
     if path is None:
@@ -177,7 +177,7 @@ def with_decode_context(engine: TrtEngine, max_seq_len: int) -> Engine:
 def check_engine_folder(path: str | Path, device: torch.device) -> dict:
     """``engines.json`` of ``path`` checked against this TensorRT and this GPU, before any
     engine is deserialized (:func:`slowfast_trt.export.trt_plan.check_engine_folder`)."""
-    from ..export.trt_plan import check_engine_folder as check
+    from slowfast_trt.export.trt_plan import check_engine_folder as check
 
     trt = import_tensorrt()
     return check(path, trt.__version__, torch.cuda.get_device_capability(device))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -30,7 +31,14 @@ import av
 import numpy as np
 from PIL import Image
 
-__all__ = ["VideoError", "VideoFrames", "load_image", "load_video"]
+__all__ = ["IMAGE_SUFFIXES", "VideoError", "VideoFrames", "is_image_path", "load_image", "load_video"]
+
+# Files read as one image (upstream's image path: no video pooling) rather than as a video.
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
+
+
+def is_image_path(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 # Frame times come from exact integer PTS, but user times (start_s, 1 / fps) are floats:
 # a frame within a microsecond of a boundary counts as being on it.

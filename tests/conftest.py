@@ -48,6 +48,6 @@ def sample_video(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def reference(tiny_ckpt):
-    from slowfast_trt.reference import ReferenceGenerator
+    from slowfast_trt.models.slowfast.reference import ReferenceGenerator
 
     return ReferenceGenerator.load(tiny_ckpt)

@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 
-from slowfast_trt import bench
+from slowfast_trt.tools import bench
 
 REQUIRED = (
     "frames", "slow_tokens", "fast_tokens", "vision_ms", "pooler_ms", "slow_kv_ms", "prefill_ms", "ttft_ms",
@@ -36,7 +36,7 @@ def test_bench_with_a_checkpoint(tiny_ckpt, sample_video, tmp_path, capsys):
 
 
 def test_baseline_recomputes_the_slow_kv_every_step(tiny_ckpt, sample_video):
-    from slowfast_trt.runtime_api import SlowFastRuntime
+    from slowfast_trt.runtime.slowfast_runtime import SlowFastRuntime
 
     rt = SlowFastRuntime.load(tiny_ckpt, backend="torch", device="cpu")
     engine = rt._model.engines["slow_kv"]

@@ -8,11 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from slowfast_trt.checkpoint import build_model, load_model
-from slowfast_trt.config import SlowFastConfig
-from slowfast_trt.export.convnext import ConvNeXtSpec
+from slowfast_trt.models.slowfast.checkpoint import build_model, load_model
+from slowfast_trt.models.slowfast.config import SlowFastConfig
+from slowfast_trt.models.slowfast.convnext import ConvNeXtSpec
 from slowfast_trt.fixtures.tiny_checkpoint import write_tiny_checkpoint
-from slowfast_trt.weight_names import plan_mapping, vision_relative_shapes
+from slowfast_trt.models.slowfast.weight_names import plan_mapping, vision_relative_shapes
 
 from test_config import MANIFEST
 
@@ -128,7 +128,7 @@ def test_corrupt_and_absent_files(tiny_ckpt, tmp_path):
 
 def test_hub_id_offline_gives_one_clear_error(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}
-    code = "from slowfast_trt.checkpoint import resolve_checkpoint; resolve_checkpoint('shi-labs/not-downloaded')"
+    code = "from slowfast_trt.models.slowfast.checkpoint import resolve_checkpoint; resolve_checkpoint('shi-labs/not-downloaded')"
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "shi-labs/not-downloaded: not a local directory, and downloading it from the Hugging Face Hub failed" in proc.stderr

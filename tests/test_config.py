@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from slowfast_trt.config import SlowFastConfig
+from slowfast_trt.models.slowfast.config import SlowFastConfig
 
 # A copy of shared/reference/param_manifest_7b.json (measured on the upstream code) so the repo tests stand alone.
 MANIFEST = Path(__file__).with_name("data") / "param_manifest_7b.json"

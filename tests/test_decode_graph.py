@@ -13,13 +13,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from slowfast_trt.export import specs as S
-from slowfast_trt.export.cross_attention import cross_attention_eager, one_sequence_masked
+from slowfast_trt.models.slowfast import specs as S
+from slowfast_trt.ops.cross_attention.eager import cross_attention_eager, one_sequence_masked
 from slowfast_trt.runtime.decode_graph import StaticDecodeStep, StaticStepCache, resolve_decode_steps
 from slowfast_trt.runtime.engine import Engine, EngineError, TensorInfo
 from slowfast_trt.runtime.kv_cache import KVCache, KVCacheSpec
-from slowfast_trt.runtime_api import SlowFastRuntime
-from slowfast_trt.sequence import attend_to_rows
+from slowfast_trt.runtime.slowfast_runtime import SlowFastRuntime
+from slowfast_trt.models.slowfast.sequence import attend_to_rows
 from test_runtime_ort import MAX_SEQ_LEN, clips, exports, references  # noqa: F401 (fixtures)
 from test_runtime_torch import TURNS, check_conversation
 

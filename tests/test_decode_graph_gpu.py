@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from slowfast_trt.export.cross_attention import cross_attention_eager
-from slowfast_trt.runtime_api import SlowFastRuntime
+from slowfast_trt.ops.cross_attention.eager import cross_attention_eager
+from slowfast_trt.runtime.slowfast_runtime import SlowFastRuntime
 from test_runtime_torch import TURNS
 
 pytestmark = pytest.mark.gpu

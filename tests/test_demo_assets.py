@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from slowfast_trt.demo_assets import ensure_demo_export
-from slowfast_trt.runtime_api import SlowFastRuntime
+from slowfast_trt.cli.demo import ensure_demo_export
+from slowfast_trt.runtime.slowfast_runtime import SlowFastRuntime
 
 
 def test_demo_export_is_made_once_and_remade_when_stale(tmp_path):

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from slowfast_trt import __version__
-from slowfast_trt.export import cli
+from slowfast_trt.cli import export as cli
+from slowfast_trt.export import pipeline
 from slowfast_trt.export.manifest import check_manifest, checkpoint_fingerprint, load_manifest
 from slowfast_trt.export.trt_lint import lint_model
 
@@ -208,7 +209,7 @@ def test_unwritable_output(tiny_ckpt, tmp_path, capsys, fake_export):
 
 
 def test_tensorrt_missing_fails_before_writing(tiny_ckpt, tmp_path, capsys, fake_export, monkeypatch):
-    monkeypatch.setattr(cli, "tensorrt_missing", lambda: "ModuleNotFoundError: No module named 'tensorrt'")
+    monkeypatch.setattr(pipeline, "tensorrt_missing", lambda: "ModuleNotFoundError: No module named 'tensorrt'")
     out = tmp_path / "export"
     args = ["--ckpt", tiny_ckpt, "--out", out, "--frames", "16"]  # --backend tensorrt is the default
     code, _, err = run_cli(capsys, *args)
@@ -237,11 +238,11 @@ def test_tensorrt_onnx_only_strips_and_lints(tiny_ckpt, tmp_path, capsys, fake_e
 
 @pytest.mark.parametrize("frames, slow, fast", [(1, 324, 324), (16, 1296, 1296), (32, 2592, 1296), (64, 5184, 1296), (96, 7776, 1944)])
 def test_visual_token_counts_match_the_released_model(tiny_ckpt, frames, slow, fast):
-    from slowfast_trt.config import SlowFastConfig
-    from slowfast_trt.export.specs import fast_token_count
+    from slowfast_trt.models.slowfast.config import SlowFastConfig
+    from slowfast_trt.models.slowfast.specs import fast_token_count
 
     config = SlowFastConfig.from_file(tiny_ckpt / "config.json")
-    counts = cli.visual_token_counts(frames, config, 18)
+    counts = pipeline.visual_token_counts(frames, config, 18)
     assert (counts["slow"], counts["fast"]) == (slow, fast)
     assert fast_token_count(config, frames) == fast
 
@@ -251,7 +252,7 @@ def test_visual_token_counts_match_the_released_model(tiny_ckpt, frames, slow, f
 
 def _real_exporter_or_skip():
     try:
-        from slowfast_trt.export.subgraphs import export_all  # noqa: F401
+        from slowfast_trt.export.subgraphs import export_all
     except ImportError as exc:  # the exporter is developed alongside this CLI
         pytest.skip(f"slowfast_trt.export.subgraphs not available: {exc}")
 

@@ -14,13 +14,19 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from slowfast_trt.export import specs as S
+from slowfast_trt.models.slowfast import specs as S
 from slowfast_trt.export.subgraphs import export_all
 from slowfast_trt.preprocess import resize_and_center_crop
 from slowfast_trt.prompt import Conversation
-from slowfast_trt.reference import ReferenceGenerator
-from slowfast_trt.sampling import SamplingParams, TokenSampler
-from slowfast_trt.sequence import SequenceLayout, attend_to_rows, continuation_attend_mask, prefill_attend_mask
+from slowfast_trt.models.slowfast.reference import ReferenceGenerator
+from slowfast_trt.generation import DecodeOutcome, decode_loop
+from slowfast_trt.sampling import SamplingParams
+from slowfast_trt.models.slowfast.sequence import (
+    SequenceLayout,
+    attend_to_rows,
+    continuation_attend_mask,
+    prefill_attend_mask,
+)
 from slowfast_trt.video import load_video
 
 QUESTION = "What is happening in this video?"
@@ -90,18 +96,23 @@ class OnnxPipeline:
         cache = ([empty] * text.num_layers, [empty] * text.num_layers)
         attend = prefill_attend_mask(layout, config.cross_attn, has_video=True)
         logits, cache = self._step(embeds, 0, cache, (slow_kv, num_slow), attend)
-        sampler, ids, length, steps = TokenSampler(SamplingParams()), [], layout.length, [logits]
-        while True:
-            token = sampler(torch.from_numpy(logits), ids)
-            if token in reference.stop_ids:
-                return ids, steps
-            ids.append(token)
-            if len(ids) >= max_new_tokens:
-                return ids, steps
+        state = {"cache": cache, "length": layout.length, "logits": logits}
+        steps = [logits]
+
+        def step(token: int) -> torch.Tensor:
             step_attend = torch.ones(1, dtype=torch.bool) if reference.rows_attend_in_decode else None
-            logits, cache = self._step(self.embed[[token]], length, cache, (slow_kv, num_slow), step_attend)
-            steps.append(logits)
-            length += 1
+            state["logits"], state["cache"] = self._step(self.embed[[token]], state["length"], state["cache"],
+                                                         (slow_kv, num_slow), step_attend)
+            steps.append(state["logits"])
+            state["length"] += 1
+            return torch.from_numpy(state["logits"])
+
+        outcome = DecodeOutcome()
+        params = SamplingParams(max_new_tokens=max_new_tokens)
+        for _ in decode_loop(torch.from_numpy(logits), step, params, set(reference.stop_ids), reference.tokenizer, {},
+                             outcome):
+            pass
+        return outcome.ids, steps
 
 
 def reference_step_logits(reference: ReferenceGenerator, encoded, ids: list[int]) -> list[torch.Tensor]:

@@ -4,7 +4,7 @@ The lazy path (``open_model`` + ``export_all``, what the CLI runs) must write ex
 of the loaded path (``load_model`` + ``export_all``) while never holding the model: parts are
 materialised as small tensors + zero-page stubs one subgraph at a time, and every large weight
 goes from the safetensors file to the data file in row blocks. The peak-memory check at real
-7B sizes is ``python -m slowfast_trt.export.bench_export_memory``; the last test here runs a
+7B sizes is ``python -m slowfast_trt.tools.bench_export_memory``; the last test here runs a
 smaller version of it.
 """
 
@@ -23,8 +23,16 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import slowfast_trt.checkpoint as checkpoint
-from slowfast_trt.checkpoint import PARTS, CheckpointReader, load_model, materialize, open_model, release, zero_stub
+import slowfast_trt.checkpoint_files as checkpoint_files
+from slowfast_trt.models.slowfast.checkpoint import (
+    PARTS,
+    CheckpointReader,
+    load_model,
+    materialize,
+    open_model,
+    release,
+    zero_stub,
+)
 from slowfast_trt.export import onnx_io
 from slowfast_trt.export import subgraphs as sg
 from slowfast_trt.export.onnx_io import INLINE_BYTES, DataFile, large_tensors
@@ -44,7 +52,7 @@ def _rss() -> int:
 @pytest.fixture()
 def small_blocks(monkeypatch):
     """Blocks of a few KiB so that every tiny tensor is streamed and scattered in many pieces."""
-    monkeypatch.setattr(checkpoint, "BLOCK_BYTES", 3000)
+    monkeypatch.setattr(checkpoint_files, "BLOCK_BYTES", 3000)
     monkeypatch.setattr(onnx_io, "BLOCK_BYTES", 5000)
 
 
@@ -241,7 +249,7 @@ def test_one_part_at_a_time_with_every_large_weight_streamed(tiny_ckpt, tmp_path
 
 
 def test_cli_exports_from_the_unloaded_model(tiny_ckpt, tmp_path, monkeypatch):
-    from slowfast_trt.export import cli
+    from slowfast_trt.cli import export as cli
 
     seen = []
 
@@ -273,7 +281,7 @@ def test_peak_memory_stays_far_below_the_decoder(tmp_path):
     """The bench on a ~1 GiB fp32 decoder (hidden 2048, vocab 64000, 2 layers): the export's
     peak above a process that only imports the exporter stays well below the decoder's bytes
     (loading it alone would take 1x; the old exporter took 2-5x)."""
-    from slowfast_trt.export.bench_export_memory import _base_rss, child_peak, subgraph_weight_bytes
+    from slowfast_trt.tools.bench_export_memory import _base_rss, child_peak, subgraph_weight_bytes
     from slowfast_trt.fixtures.sized_checkpoint import SizedSpec, write_sized_checkpoint
 
     spec = SizedSpec(layers=2, hidden=2048, heads=16, kv_heads=4, intermediate=8192, vocab_size=64000,

@@ -16,14 +16,14 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from slowfast_trt.export import specs as S
-from slowfast_trt.export.cross_attention import op_schema
+from slowfast_trt.models.slowfast import specs as S
+from slowfast_trt.ops.cross_attention.contract import op_schema
 from slowfast_trt.export.onnx_io import INLINE_BYTES
 from slowfast_trt.export.subgraphs import PoolerGraph, export_all, export_pooler
-from slowfast_trt.export.visual_tokens import encode_visual_tokens
+from slowfast_trt.models.slowfast.visual_tokens import encode_visual_tokens
 from slowfast_trt.preprocess import normalize
-from slowfast_trt.reference import ReferenceGenerator
-from slowfast_trt.sequence import attend_to_rows
+from slowfast_trt.models.slowfast.reference import ReferenceGenerator
+from slowfast_trt.models.slowfast.sequence import attend_to_rows
 
 FRAMES = 32
 MAX_SEQ = 128

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from slowfast_trt.export.qwen2 import rope_cos_sin
-from slowfast_trt.sequence import attend_to_rows
+from slowfast_trt.models.qwen2.layers import rope_cos_sin
+from slowfast_trt.models.slowfast.sequence import attend_to_rows
 
 
 def rms(x, w, eps):

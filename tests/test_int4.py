@@ -23,21 +23,22 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from slowfast_trt.export import specs as S
+from slowfast_trt.models.slowfast import specs as S
 from slowfast_trt.export.awq import apply_awq, fold_scales, search_scale
 from slowfast_trt.export.quantize_int4 import (
     DEFAULT_PATTERN,
     block_size_for,
     dequantize_blockwise,
-    export_int4_awq,
+
     fake_quantize_linear,
     pack_int4,
     quantize_blockwise,
     unpack_int4,
     upgrade_opset,
 )
+from slowfast_trt.export.int4_export import export_int4_awq
 from slowfast_trt.export.subgraphs import decoder_example_inputs, export_decoder
-from slowfast_trt.reference import ReferenceGenerator
+from slowfast_trt.models.slowfast.reference import ReferenceGenerator
 
 FRAMES, MAX_SEQ = 32, 128
 

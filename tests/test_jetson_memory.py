@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from slowfast_trt import jetson_memory as J
-from slowfast_trt.config import SlowFastConfig
+from slowfast_trt.tools import jetson_memory as J
+from slowfast_trt.models.slowfast.config import SlowFastConfig
 
 MANIFEST = Path(__file__).parent / "data" / "param_manifest_7b.json"
 GIB = 1 << 30

@@ -4,16 +4,16 @@ independent naive float64 computation. Nothing here touches CUDA."""
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
-from slowfast_trt import kernels
+from slowfast_trt.ops.cross_attention import kernel as kernels
+from slowfast_trt.ops.cross_attention.contract import op_schema
+from slowfast_trt.ops.cross_attention.eager import cross_attention_eager
 
-CONTRACT = json.loads((Path(__file__).resolve().parents[1] / "export" / "cross_attention_op.json").read_text())
+CONTRACT = op_schema()
 ALIGNED = 1 << 20  # fake, 16-byte aligned "device" address: validation fails before any CUDA call
 
 
@@ -230,7 +230,7 @@ def test_reference_matches_naive_float64(heads, kv_heads, lengths, row_counts, f
     residual = torch.randn(rows, heads * dim, generator=gen, dtype=torch.float64) if fuse else None
     gate = torch.randn(rows, 1, generator=gen, dtype=torch.float64) if fuse else None
 
-    got = kernels.reference_cross_attention(query, key, value, lengths_t, offsets, residual, gate, scale=0.7)
+    got = cross_attention_eager(query, key, value, lengths_t, offsets, residual, gate, scale=0.7)
     want = _naive(query, key, value, lengths, offsets.tolist(), residual, gate, 0.7)
     assert got.dtype == torch.float64 and got.shape == (rows, heads * dim)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
@@ -243,11 +243,9 @@ def test_reference_in_low_precision_stays_close():
     value = torch.randn(2, 2, 40, 64, generator=gen)
     lengths = torch.tensor([40, 17], dtype=torch.int32)
     offsets = torch.tensor([0, 2, 5], dtype=torch.int32)
-    exact = kernels.reference_cross_attention(query, key, value, lengths, offsets, scale=0.125)
+    exact = cross_attention_eager(query.double(), key.double(), value.double(), lengths, offsets, scale=0.125)
     for dtype, tol in ((torch.float32, 1e-6), (torch.float16, 5e-3), (torch.bfloat16, 4e-2)):
-        low = kernels.reference_cross_attention(
-            query.to(dtype), key.to(dtype), value.to(dtype), lengths, offsets, scale=0.125, compute_dtype=dtype
-        )
+        low = cross_attention_eager(query.to(dtype), key.to(dtype), value.to(dtype), lengths, offsets, scale=0.125)
         assert low.dtype == dtype
         assert (low.double() - exact).abs().max() < tol, dtype
 

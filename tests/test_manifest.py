@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from slowfast_trt import __version__
-from slowfast_trt.export.cross_attention import op_schema
+from slowfast_trt.ops.cross_attention.contract import op_schema
 from slowfast_trt.export.manifest import (
     FORMAT,
     MANIFEST_NAME,
@@ -19,7 +19,7 @@ from slowfast_trt.export.manifest import (
     subgraph_entry,
     write_manifest,
 )
-from slowfast_trt.export.specs import SubgraphSpec, TensorSpec
+from slowfast_trt.models.slowfast.specs import SubgraphSpec, TensorSpec
 
 
 def _manifest(**overrides) -> dict:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from slowfast_trt.reference import EncodedVideo, ReferenceGenerator
+from slowfast_trt.models.slowfast.reference import EncodedVideo, ReferenceGenerator
 from slowfast_trt.sampling import SamplingParams
 from slowfast_trt.video import load_video
 
@@ -32,7 +32,7 @@ def test_greedy_is_deterministic(reference, encoded16):
 
 def _prefill_logits(gen: ReferenceGenerator, encoded: EncodedVideo, question=QUESTION):
     from slowfast_trt.prompt import Conversation
-    from slowfast_trt.sequence import SequenceLayout
+    from slowfast_trt.models.slowfast.sequence import SequenceLayout
 
     conv = Conversation(has_video=encoded is not None)
     conv.add_question(question)
@@ -63,7 +63,7 @@ def test_every_path_changes_the_output(reference, encoded16, frames16):
 
 def _first_decode_logits(gen: ReferenceGenerator, encoded: EncodedVideo):
     from slowfast_trt.prompt import Conversation
-    from slowfast_trt.sequence import SequenceLayout, continuation_attend_mask
+    from slowfast_trt.models.slowfast.sequence import SequenceLayout, continuation_attend_mask
 
     conv = Conversation()
     conv.add_question(QUESTION)

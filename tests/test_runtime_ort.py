@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from slowfast_trt.reference import ReferenceGenerator
-from slowfast_trt.runtime_api import SlowFastRuntime
+from slowfast_trt.models.slowfast.reference import ReferenceGenerator
+from slowfast_trt.runtime.slowfast_runtime import SlowFastRuntime
 from slowfast_trt.sampling import SamplingParams
 from slowfast_trt.video import load_video
 from test_runtime_torch import CASES, TURNS, _rss_mb, check_conversation
@@ -20,13 +20,10 @@ MAX_SEQ_LEN = 1600
 
 
 def export(ckpt, out, frames: int) -> None:
-    from slowfast_trt.export.cli import build_parser, plan_export, run_export
+    from slowfast_trt.export.pipeline import ExportRequest, export_checkpoint
 
-    args = build_parser().parse_args([
-        "--ckpt", str(ckpt), "--out", str(out), "--backend", "onnxruntime", "--precision", "fp32",
-        "--frames", str(frames), "--max-seq-len", str(MAX_SEQ_LEN),
-    ])
-    run_export(plan_export(args))
+    export_checkpoint(ExportRequest(ckpt=str(ckpt), out=out, backend="onnxruntime", precision="fp32", frames=frames,
+                                    max_seq_len=MAX_SEQ_LEN))
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +187,7 @@ BROKEN = {
 
 
 def test_run_cli_with_engines(exports, sample_video, tmp_path, capsys):
-    from slowfast_trt import run
+    from slowfast_trt.cli import run
 
     source = exports("tiny_ckpt", 16)
     out = tmp_path / "out.json"
@@ -220,7 +217,7 @@ def test_run_cli_with_engines(exports, sample_video, tmp_path, capsys):
 
 
 def test_bench_with_export_folders(exports, sample_video, tmp_path, capsys):
-    from slowfast_trt import bench
+    from slowfast_trt.tools import bench
 
     exports("tiny_ckpt", 16), exports("tiny_ckpt", 32)
     root = exports("tiny_ckpt", 16).parent

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from slowfast_trt.prompt import ChatTurn, Conversation
-from slowfast_trt.reference import ReferenceGenerator
-from slowfast_trt.runtime_api import SlowFastRuntime
+from slowfast_trt.models.slowfast.reference import ReferenceGenerator
+from slowfast_trt.runtime.slowfast_runtime import SlowFastRuntime
 from slowfast_trt.sampling import SamplingParams
 from slowfast_trt.video import load_video
 

@@ -16,8 +16,9 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from slowfast_trt.export.cross_attention import cross_attention_eager, op_schema
-from slowfast_trt.export.onnx_function import FUNCTION_OPSET, cross_attention_function
+from slowfast_trt.ops.cross_attention.eager import cross_attention_eager
+from slowfast_trt.ops.cross_attention.contract import op_schema
+from slowfast_trt.ops.cross_attention.onnx_function import FUNCTION_OPSET, cross_attention_function
 from slowfast_trt.export.strip_functions import default_stripped_path, strip_file, strip_local_functions
 
 HEADS, KV_HEADS, DIM = 4, 2, 8
@@ -174,7 +175,7 @@ def test_stripped_model_has_no_onnxruntime_kernel(saved_model):
 
 
 def test_strip_cli(saved_model, capsys):
-    from slowfast_trt.export.strip_functions import main
+    from slowfast_trt.cli.strip_functions import main
 
     assert main([str(saved_model)]) == 0
     assert capsys.readouterr().out.strip().endswith("decoder.trt.onnx")

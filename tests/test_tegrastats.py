@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from slowfast_trt.tegrastats import Rail, Tegrastats, parse_line, parse_lines, summarize
+from slowfast_trt.tools.tegrastats import Rail, Tegrastats, parse_line, parse_lines, summarize
 
 ORIN_NANO_BUSY = (
     "11-15-2024 08:38:09 RAM 6185/7620MB (lfb 8x2MB) SWAP 851/3810MB (cached 1MB) "
@@ -116,7 +116,7 @@ def test_real_tegrastats_subprocess():
 
 
 def test_bench_fields_from_recorded_lines():
-    from slowfast_trt.bench import FIELDS, tegra_fields
+    from slowfast_trt.tools.bench import FIELDS, tegra_fields
 
     fields = tegra_fields(parse_lines([ORIN_NANO_IDLE, ORIN_NANO_BUSY, ORIN_NANO_JP6]))
     assert fields["power_w_mean"] == pytest.approx((4824 + 12479 + 4761) / 3 / 1000)

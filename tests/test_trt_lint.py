@@ -7,9 +7,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 import numpy as np
 
-from slowfast_trt.export.cross_attention import op_schema
+from slowfast_trt.ops.cross_attention.contract import op_schema
 from slowfast_trt.export.strip_functions import strip_file
-from slowfast_trt.export.trt_lint import lint_model, main, trt_ops
+from slowfast_trt.cli.trt_lint import main
+from slowfast_trt.export.trt_lint import lint_model, trt_ops
 from test_strip_functions import build_cross_attention_model, cross_attention_node, save_with_external_data
 
 F32, I64, I32 = TensorProto.FLOAT, TensorProto.INT64, TensorProto.INT32

@@ -11,8 +11,8 @@ import re
 import onnx
 import pytest
 
-from slowfast_trt.config import SlowFastConfig
-from slowfast_trt.export import specs as S
+from slowfast_trt.models.slowfast.config import SlowFastConfig
+from slowfast_trt.models.slowfast import specs as S
 from slowfast_trt.export import trt_plan as P
 
 FRAMES, MAX_SEQ = 32, 512
@@ -141,7 +141,7 @@ def test_engine_manifest_build_log_and_compat(specs):
 
 def test_parser_gets_the_stripped_graph(tiny_ckpt, tmp_path):
     from slowfast_trt.export.subgraphs import export_decoder
-    from slowfast_trt.reference import ReferenceGenerator
+    from slowfast_trt.models.slowfast.reference import ReferenceGenerator
 
     model = ReferenceGenerator.load(tiny_ckpt).model
     export_decoder(model, tmp_path, "float32", FRAMES, MAX_SEQ)
@@ -190,7 +190,7 @@ def test_engines_for_an_existing_export_folder(tiny_ckpt, tmp_path):
 
 @pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed")
 def test_trt_build_cli_without_tensorrt(tiny_ckpt, tmp_path, capsys):
-    from slowfast_trt.export import trt_build
+    from slowfast_trt.cli import trt_build
 
     assert trt_build.main([str(_export_folder(tiny_ckpt, tmp_path)), "--vision-batch", "8"]) == 2
     assert "TensorRT is not available" in capsys.readouterr().err

@@ -25,9 +25,9 @@ from safetensors.torch import load_file
 
 from slowfast_trt.fixtures.tiny_checkpoint import TinySpec, write_tiny_checkpoint
 from slowfast_trt.prompt import Conversation, stop_token_ids
-from slowfast_trt.reference import EncodedVideo, ReferenceGenerator
+from slowfast_trt.models.slowfast.reference import EncodedVideo, ReferenceGenerator
 from slowfast_trt.sampling import SamplingParams
-from slowfast_trt.sequence import (
+from slowfast_trt.models.slowfast.sequence import (
     SequenceLayout,
     attend_to_rows,
     continuation_attend_mask,

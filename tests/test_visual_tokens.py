@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from slowfast_trt.config import SlowFastConfig
-from slowfast_trt.export.visual_tokens import fast_frame_count, split_slow_fast, uses_avg_pool3d
+from slowfast_trt.models.slowfast.config import SlowFastConfig
+from slowfast_trt.models.slowfast.visual_tokens import fast_frame_count, split_slow_fast, uses_avg_pool3d
 
 from test_config import MANIFEST
 

@@ -7,7 +7,7 @@ prefill (many text rows of one sequence) with:
   upstream  re-projects the slow tokens from hidden size 3584 (LayerNorm + k/v Linear) every call,
             repeats K/V to all query heads and runs masked SDPA (what the upstream model does);
   sdpa      PyTorch SDPA on the cached K/V (GQA without repeat when torch supports enable_gqa);
-  kernel    slowfast_trt.kernels.cross_attention (the TensorRT plugin's kernels).
+  kernel    slowfast_trt.ops.cross_attention.kernel.cross_attention (the TensorRT plugin's kernels).
 
 Next to each time it prints achieved GB/s and TFLOP/s and the floor of the op itself: max(bytes moved /
 measured copy bandwidth, flops / measured bf16 matmul peak); both ceilings are measured here (a large
@@ -131,7 +131,7 @@ def sdpa_gqa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=None) -> to
 
 
 def build_paths(t: dict, batch: int, rows_per_seq: int, dtype: torch.dtype) -> dict:
-    from slowfast_trt import kernels
+    from slowfast_trt.ops.cross_attention import kernel as kernels
 
     slow_tokens = t["slow_key"].shape[2]
     q = t["query"].view(batch, rows_per_seq, HEADS, HEAD_DIM).transpose(1, 2)  # [B, H, r, D]
@@ -208,7 +208,7 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("error: this benchmark needs a CUDA GPU", file=sys.stderr)
         return 2
-    from slowfast_trt import kernels
+    from slowfast_trt.ops.cross_attention import kernel as kernels
 
     if "kernel" in args.paths and not kernels.is_available():
         print(f"error: slowfast_trt._kernels is not built ({kernels.build_info()})", file=sys.stderr)
