@@ -82,7 +82,7 @@ class VideoCache:
             self._drop(key)
         self._items[key] = _VideoEntry(state, nbytes)
         self.bytes += nbytes
-        self._shrink()
+        self._shrink(keep=key)  # the caller is about to use the new one
         return True
 
     def pin(self, key: VideoKey) -> None:
@@ -99,11 +99,11 @@ class VideoCache:
         for key in list(self._items):
             self._drop(key)
 
-    def _shrink(self) -> None:
+    def _shrink(self, keep: VideoKey | None = None) -> None:
         for key in list(self._items):
             if self.bytes <= self.max_bytes:
                 break
-            if self._items[key].pins <= 0:
+            if self._items[key].pins <= 0 and key != keep:
                 self._drop(key)
 
     def _drop(self, key: VideoKey) -> None:

@@ -77,7 +77,7 @@ def config_from_args(args) -> ServerConfig:
 
 
 def _load_runtime(args):
-    from slowfast_trt import SlowFastRuntime
+    from slowfast_trt.runtime.slowfast_runtime import SlowFastRuntime
 
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
