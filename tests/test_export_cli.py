@@ -99,7 +99,7 @@ def test_export_writes_folder_and_manifest(tiny_ckpt, tmp_path, capsys, fake_exp
     assert manifest["vocab_rows"] == call["vocab_rows"] < manifest["config"]["text"]["vocab_size"]
     assert manifest["visual_tokens"]["slow"] == 1296 and manifest["visual_tokens"]["fast"] == 1296
     assert manifest["config"]["derived"]["hybrid_layers"] == [0, 2]
-    assert manifest["custom_op"] == {"name": "SlowFastCrossAttention", "domain": "slowfast_trt", "op_version": 1}
+    assert manifest["custom_op"] == {"name": "SlowFastCrossAttention", "domain": "slowfast_trt", "op_version": 2}
     assert manifest["layouts"]["kv_cache"]["layout"] == "[batch, seq, kv_heads, head_dim]"
     assert manifest["layouts"]["slow_kv"]["shape"] == ["batch", 2, 1296, 16]
     assert manifest["backend"] == "onnxruntime" and manifest["engines"] is None

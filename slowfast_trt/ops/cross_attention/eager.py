@@ -13,7 +13,9 @@
 
 Scores and softmax are computed in float32 (float64 stays float64) whatever T is, as the
 CUDA kernels and upstream's flash-attention do. The ONNX translation and the CUDA kernels
-implement exactly this function; tests compare them with it.
+implement exactly this function; tests compare them with it. Rows of no sequence (before
+``row_offsets[0]`` or from ``row_offsets[batch]`` on) get ctx = 0, so the output is 0, or
+``residual + gate * 0`` with the gate; nothing computed from their query reaches the output.
 
 On CUDA with one sequence (the runtime's case) the lengths and offsets are applied as
 device-side masks instead of being read on the host, so a decode step that calls this can

@@ -5,8 +5,9 @@ model-local functions, runs the same file TensorRT parses (where the plugin repl
 node; the exporter CLI may strip the function for TensorRT). The decomposition implements
 ``cross_attention_eager`` for:
 
-* batch 1 (``slow_key`` (1, Hkv, Ns, D); every query row belongs to sequence 0, so
-  ``row_offsets`` is not read), which is all the exported decoder feeds it;
+* batch 1 (``slow_key`` (1, Hkv, Ns, D)), which is all the exported decoder feeds it;
+* ``row_offsets``: rows outside ``[row_offsets[0], row_offsets[-1])`` belong to no sequence and
+  get ``ctx = 0`` (output ``residual + gate * 0``), their query unread, as in the contract;
 * ``fuse_gate = 1`` (output ``residual + gate * ctx``), the only form the exporter emits;
 * ``slow_lengths`` masking: tokens ``>= slow_lengths[0]`` get no weight, and
   ``slow_lengths[0] == 0`` gives ``ctx = 0`` (so the output is exactly ``residual``);
@@ -79,13 +80,34 @@ def _body() -> list[onnx.NodeProto]:
         _node("Reshape", ["ctx_groups", "h_shape"], ["ctx_hrd"], "ctx_heads"),
         _node("Transpose", ["ctx_hrd"], ["ctx_rhd"], "ctx_transpose", perm=[1, 0, 2]),
         _node("Concat", ["minus_one", "width"], ["flat_shape"], "flat_shape", axis=0),
-        _node("Reshape", ["ctx_rhd", "flat_shape"], ["ctx"], "ctx_flat"),
+        _node("Reshape", ["ctx_rhd", "flat_shape"], ["ctx_all"], "ctx_flat"),
+        *_rows_of_no_sequence_are_zero("ctx_all", "ctx"),
         # fuse_gate = 1: residual + gate * ctx, in float32, then back to T.
         _node("Cast", ["residual"], ["res32"], "residual_cast", to=f32),
         _node("Cast", ["gate"], ["gate32"], "gate_cast", to=f32),
         _node("Mul", ["ctx", "gate32"], ["gated"], "gated"),
         _node("Add", ["res32", "gated"], ["out32"], "residual_add"),
         _node("CastLike", ["out32", "query"], ["output"], "output_cast"),
+    ]
+
+
+def _rows_of_no_sequence_are_zero(ctx: str, out: str) -> list[onnx.NodeProto]:
+    """``out`` = ``ctx`` (R, H*D) on rows ``row_offsets[0] <= r < row_offsets[-1]``, else 0.
+
+    A Where, not a multiply: a NaN computed from an unread row's query must not survive."""
+    return [
+        _const("last_i", helper.make_tensor("last_i", TensorProto.INT64, [], [-1])),
+        _node("Shape", ["query"], ["rows"], "rows", start=0, end=1),
+        _node("Squeeze", ["rows", "axis0"], ["rows_scalar"], "rows_scalar"),
+        _node("Range", ["zero_i", "rows_scalar", "one_i"], ["row_index"], "row_index"),
+        _node("Cast", ["row_offsets"], ["offsets64"], "offsets_cast", to=TensorProto.INT64),
+        _node("Gather", ["offsets64", "zero_i"], ["first_row"], "first_row", axis=0),
+        _node("Gather", ["offsets64", "last_i"], ["end_row"], "end_row", axis=0),
+        _node("GreaterOrEqual", ["row_index", "first_row"], ["from_first"], "from_first"),
+        _node("Less", ["row_index", "end_row"], ["before_end"], "before_end"),
+        _node("And", ["from_first", "before_end"], ["in_rows"], "in_rows"),
+        _node("Unsqueeze", ["in_rows", "minus_one"], ["in_rows_column"], "in_rows_column"),
+        _node("Where", ["in_rows_column", ctx, "zero_f"], [out], "rows_of_no_sequence"),
     ]
 
 
