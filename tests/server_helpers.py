@@ -22,7 +22,7 @@ API_KEY = "test-key-0123456789"
 QUESTION = "What happens in the video?"
 FOLLOWUP = "And what comes next?"
 FRAMES = 4
-MAX_SEQ_LEN = 512
+MAX_SEQ_LEN = 2048  # room for long answers (disconnect and queue tests)
 
 
 def _env() -> dict:
@@ -43,9 +43,10 @@ def shared_export(tmp_path_factory) -> Path:
             from slowfast_trt.fixtures.tiny_checkpoint import write_tiny_checkpoint
 
             ckpt = write_tiny_checkpoint(base / "ckpt")
-            subprocess.run([sys.executable, "-m", "slowfast_trt.export", "--ckpt", str(ckpt), "--out", str(out),
-                            "--backend", "onnxruntime", "--frames", str(FRAMES), "--max-seq-len", str(MAX_SEQ_LEN),
-                            "--force"], check=True, env=_env(), capture_output=True, timeout=600)
+            proc = subprocess.run([sys.executable, "-m", "slowfast_trt.export", "--ckpt", str(ckpt), "--out", str(out),
+                                   "--backend", "onnxruntime", "--frames", str(FRAMES), "--max-seq-len",
+                                   str(MAX_SEQ_LEN), "--force"], env=_env(), capture_output=True, text=True, timeout=600)
+            assert proc.returncode == 0, f"export failed: {proc.stderr[-2000:]}"
     return out
 
 
@@ -72,9 +73,10 @@ def video_message(url: str, question: str = QUESTION, **selection) -> dict:
 
 def run_cli(export: Path, video: Path, question: str, max_new_tokens: int, out: Path) -> dict:
     """``python -m slowfast_trt.run --json`` in a subprocess."""
-    subprocess.run([sys.executable, "-m", "slowfast_trt.run", "--engines", str(export), "--video", str(video),
-                    "--question", question, "--max-new-tokens", str(max_new_tokens), "--threads", "1",
-                    "--json", str(out)], check=True, env=_env(), capture_output=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "slowfast_trt.run", "--engines", str(export), "--video", str(video),
+                           "--question", question, "--max-new-tokens", str(max_new_tokens), "--threads", "1",
+                           "--json", str(out)], env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"run failed: {proc.stderr[-2000:]}"
     return json.loads(out.read_text())
 
 
