@@ -93,6 +93,7 @@ py::dict planToDict(CrossAttnPlan const& plan)
     d["block_rows"] = plan.blockRows;
     d["block_keys"] = plan.blockKeys;
     d["num_splits"] = plan.numSplits;
+    d["tile_slots"] = plan.tileSlots;
     d["workspace_bytes"] = plan.workspaceBytes;
     return d;
 }
@@ -251,7 +252,8 @@ PYBIND11_MODULE(_kernels, m)
     m.def("plan", &plan, py::arg("dtype"), py::arg("rows"), py::arg("batch"), py::arg("num_heads"),
         py::arg("num_kv_heads"), py::arg("head_dim"), py::arg("slow_tokens"), py::arg("num_sms"),
         py::arg("backend") = "auto", py::arg("num_splits") = 0,
-        "Backend, block shape, split count and workspace bytes the launcher would use (no CUDA call).");
+        "Backend, block shape, split count, tile slots (grid.x) and workspace bytes the launcher would use "
+        "(no CUDA call).");
     m.def("workspace_size", &workspaceSize, py::arg("dtype"), py::arg("max_rows"), py::arg("batch"),
         py::arg("num_heads"), py::arg("num_kv_heads"), py::arg("head_dim"), py::arg("max_slow_tokens"),
         py::arg("num_sms") = kMAX_POLICY_SMS,

@@ -8,6 +8,11 @@
  * grid = (tile slots, splits, Hkv): tile slot t is mapped to (b, first packed vector) by walking
  * rowOffsets on the device (no host knowledge of per-sequence rows is needed); unused slots exit.
  * Split s handles keys [s*chunk, min((s+1)*chunk, n_b)), chunk = roundUp(ceil(n_b / S), blockKeys).
+ * Rows outside [rowOffsets[0], rowOffsets[B]) get ctx = 0: written by the attention kernel when S == 1
+ * (fillUncoveredRows, grid-stride over the tile slots), else by the combine kernel.
+ *
+ * NaN (as PyTorch's softmax): the running max propagates NaN (nanMax), and "no key" is decided from the
+ * key range, never from the softmax sum, so a NaN score or value reaches the output; only n_b == 0 gives 0.
  */
 #pragma once
 
@@ -62,6 +67,8 @@ struct TileInfo
     int32_t numVec;     //!< valid packed vectors in the tile (<= blockRows)
     int32_t keyBegin;   //!< key chunk of this split
     int32_t keyEnd;
+    int32_t coverBegin; //!< rows [coverBegin, coverEnd) belong to sequences (also set for unused slots)
+    int32_t coverEnd;
 };
 
 template <typename T>
@@ -110,17 +117,33 @@ __device__ __forceinline__ int32_t clampInt(int32_t v, int32_t lo, int32_t hi)
     return v < lo ? lo : (v > hi ? hi : v);
 }
 
+//! max that returns NaN when either input is NaN (fmaxf returns the other one); -inf stays the identity.
+__device__ __forceinline__ float nanMax(float x, float y)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    float r;
+    asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(x), "f"(y));
+    return r;
+#else
+    return (x > y || x != x) ? x : y;
+#endif
+}
+
 //! Maps tile slot tileIdx to its sequence and rows; split selects the key chunk. Run by one thread.
-//! Device-resident offsets and lengths are clamped to [0, rows] and [0, slowTokens].
+//! Device-resident offsets and lengths are clamped: lengths to [0, slowTokens], offsets to a non-decreasing
+//! sequence in [clamp(offsets[0], 0, rows), clamp(offsets[B], that, rows)], so sequences never overlap and
+//! cover at most `rows` rows (the host's tile-slot bound relies on it).
 __device__ inline TileInfo findTile(KernelArgs const& a, int32_t tileIdx, int32_t split, int32_t blockRows,
     int32_t blockKeys)
 {
-    TileInfo info{-1, 0, 0, 0, 0, 0};
+    TileInfo info{-1, 0, 0, 0, 0, 0, 0, 0};
+    info.coverBegin = clampInt(a.offsets[0], 0, a.rows);
+    info.coverEnd = clampInt(a.offsets[a.batch], info.coverBegin, a.rows);
     int32_t tilesBefore = 0;
+    int32_t rowBegin = info.coverBegin;
     for (int32_t b = 0; b < a.batch; ++b)
     {
-        int32_t const rowBegin = clampInt(a.offsets[b], 0, a.rows);
-        int32_t const rowEnd = clampInt(a.offsets[b + 1], rowBegin, a.rows);
+        int32_t const rowEnd = b + 1 == a.batch ? info.coverEnd : clampInt(a.offsets[b + 1], rowBegin, info.coverEnd);
         int32_t const vecs = (rowEnd - rowBegin) * a.groupSize;
         int32_t const tiles = ceilDiv(vecs, blockRows);
         if (tileIdx < tilesBefore + tiles)
@@ -136,6 +159,7 @@ __device__ inline TileInfo findTile(KernelArgs const& a, int32_t tileIdx, int32_
             return info;
         }
         tilesBefore += tiles;
+        rowBegin = rowEnd;
     }
     return info;
 }
@@ -159,6 +183,25 @@ __device__ __forceinline__ void storeOutput(KernelArgs const& a, int64_t elem, i
         v = toFloat(static_cast<T const*>(a.residual)[elem]) + toFloat(static_cast<T const*>(a.gate)[row]) * ctx;
     }
     static_cast<T*>(a.output)[elem] = fromFloat<T>(v);
+}
+
+//! ctx = 0 for the rows of no sequence ([0, coverBegin) and [coverEnd, rows)), heads of kv head kvHead:
+//! grid-stride over the tile slots, all threads of the block. No work (one compare) when every row is covered.
+template <typename T>
+__device__ __forceinline__ void fillUncoveredRows(
+    KernelArgs const& a, TileInfo const& t, int32_t kvHead, int32_t headDim)
+{
+    int32_t const before = t.coverBegin;
+    int64_t const perRow = static_cast<int64_t>(a.groupSize) * headDim; // contiguous heads of the group
+    int64_t const total = (before + (a.rows - t.coverEnd)) * perRow;
+    int64_t const stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride)
+    {
+        int32_t const u = static_cast<int32_t>(i / perRow);
+        int32_t const row = u < before ? u : t.coverEnd + (u - before);
+        int64_t const elem = (static_cast<int64_t>(row) * a.numHeads + kvHead * a.groupSize) * headDim + i % perRow;
+        storeOutput<T>(a, elem, row, 0.F);
+    }
 }
 
 //! Writes one normalised context element: to the output (one split) or to the split partials.

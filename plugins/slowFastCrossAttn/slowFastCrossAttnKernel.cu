@@ -90,7 +90,10 @@ int32_t mmaBlockRows(CrossAttnShape const& s)
 
 //! Merges the split partials of one (row, head) per block: weights exp2(lse_s - max) / sum, then
 //! output = gate epilogue of sum_s w_s * O_s. Every split writes every vector it owns (empty chunks write
-//! ctx 0 and lse -inf), so all partials read here are defined.
+//! ctx 0 and lse -inf), so all partials read here are defined. NaN in any chunk (lse or O) reaches the
+//! output: the max propagates NaN and no product is skipped for a zero weight (0 * NaN = NaN, like the
+//! reference). sum == 0 only when no chunk had a key (then every O_s is 0 and ctx is exactly 0). Rows of no
+//! sequence are not in the partials: ctx = 0 is written for them without reading the workspace.
 template <typename T>
 __global__ void __launch_bounds__(128) combineKernel(KernelArgs const a, int32_t headDim)
 {
@@ -98,17 +101,26 @@ __global__ void __launch_bounds__(128) combineKernel(KernelArgs const a, int32_t
     __shared__ float sInvSum;
     int64_t const vector = blockIdx.x; // row * H + head
     int32_t const row = static_cast<int32_t>(vector / a.numHeads);
+    int32_t const coverBegin = detail::clampInt(a.offsets[0], 0, a.rows);
+    if (row < coverBegin || row >= detail::clampInt(a.offsets[a.batch], coverBegin, a.rows))
+    {
+        for (int32_t d = threadIdx.x; d < headDim; d += blockDim.x)
+        {
+            detail::storeOutput<T>(a, vector * headDim + d, row, 0.F);
+        }
+        return;
+    }
     int64_t const perSplit = static_cast<int64_t>(a.rows) * a.numHeads;
     if (threadIdx.x < 32)
     {
         float mMax = -INFINITY;
         for (int32_t s = threadIdx.x; s < a.numSplits; s += 32)
         {
-            mMax = fmaxf(mMax, a.partialLse[s * perSplit + vector]);
+            mMax = detail::nanMax(mMax, a.partialLse[s * perSplit + vector]);
         }
         for (int32_t o = 16; o > 0; o >>= 1)
         {
-            mMax = fmaxf(mMax, __shfl_xor_sync(0xffffffffU, mMax, o));
+            mMax = detail::nanMax(mMax, __shfl_xor_sync(0xffffffffU, mMax, o));
         }
         float sum = 0.F;
         for (int32_t s = threadIdx.x; s < a.numSplits; s += 32)
@@ -124,7 +136,7 @@ __global__ void __launch_bounds__(128) combineKernel(KernelArgs const a, int32_t
         }
         if (threadIdx.x == 0)
         {
-            sInvSum = sum > 0.F ? 1.F / sum : 0.F; // no key in any chunk -> ctx 0
+            sInvSum = sum == 0.F ? 0.F : 1.F / sum; // NaN stays NaN; 0: no key in any chunk
         }
     }
     __syncthreads();
@@ -134,12 +146,24 @@ __global__ void __launch_bounds__(128) combineKernel(KernelArgs const a, int32_t
 #pragma unroll 4
         for (int32_t s = 0; s < a.numSplits; ++s)
         {
-            float const w = sWeight[s];
-            float const v = a.partialOut[(s * perSplit + vector) * headDim + d];
-            acc += w != 0.F ? w * v : 0.F;
+            acc += sWeight[s] * a.partialOut[(s * perSplit + vector) * headDim + d];
         }
         detail::storeOutput<T>(a, vector * headDim + d, row, acc * sInvSum);
     }
+}
+
+//! grid.x of the attention kernels: an upper bound of sum_b ceil(G * rows_b / blockRows) over every split of
+//! `rows` rows into at most `batch` sequences (findTile clamps device offsets so that they never overlap).
+//! ceil is subadditive, so the worst case has k = min(batch, rows) non-empty sequences, and
+//! sum_b ceil(x_b / BR) <= (sum_b x_b + k (BR - 1)) / BR; each row also adds at most ceil(G / BR) tiles.
+//! Exact for one sequence (decode at batch 1: 1 slot for 1 row x 7 heads) and for batched decode.
+int32_t tileSlots(CrossAttnShape const& s, int32_t blockRows)
+{
+    int32_t const groupSize = s.numHeads / s.numKvHeads;
+    int64_t const k = std::min(s.batch, s.rows);
+    int64_t const bySum = (static_cast<int64_t>(s.rows) * groupSize + k * (blockRows - 1)) / blockRows;
+    int64_t const byRow = static_cast<int64_t>(s.rows) * ceilDiv(groupSize, blockRows);
+    return static_cast<int32_t>(std::max<int64_t>(1, std::min(bySum, byRow)));
 }
 
 std::string checkShape(CrossAttnShape const& s)
@@ -297,6 +321,7 @@ CrossAttnPlan crossAttnMakePlan(CrossAttnParams const& p, bool unlimitedWorkspac
         }
     }
     plan.numSplits = std::max(splits, 1);
+    plan.tileSlots = tileSlots(p.shape, plan.blockRows);
     plan.workspaceBytes = partialBytes(p.shape, plan.numSplits);
     return plan;
 }
@@ -383,9 +408,7 @@ KernelArgs makeKernelArgs(CrossAttnParams const& p, CrossAttnPlan const& plan)
 template <typename T>
 cudaError_t launchTyped(KernelArgs const& args, CrossAttnPlan const& plan, int32_t headDim, cudaStream_t stream)
 {
-    int64_t const tileSlots
-        = ceilDiv(args.rows * args.groupSize, plan.blockRows) + static_cast<int64_t>(args.batch);
-    dim3 const grid(static_cast<uint32_t>(tileSlots), static_cast<uint32_t>(plan.numSplits),
+    dim3 const grid(static_cast<uint32_t>(plan.tileSlots), static_cast<uint32_t>(plan.numSplits),
         static_cast<uint32_t>(args.numKvHeads));
     cudaError_t e = cudaErrorInvalidValue;
     if (plan.backend == CrossAttnBackend::kMMA)

@@ -6,6 +6,8 @@
  * and n = slowLengths[b]:
  *     ctx[r, h] = softmax(scale * q[r, h] . K[b, g, :n]^T) V[b, g, :n]      (n == 0 -> 0)
  *     output[r, h*D:(h+1)*D] = ctx[r, h]            or  residual + gate[r] * ctx  (fuseGate)
+ * Rows outside [rowOffsets[0], rowOffsets[batch]) have ctx = 0. NaN in q[r, h] or in a key/value that the
+ * row attends gives NaN, as the float reference does; only n == 0 gives an exact 0.
  *
  * Layouts (all row-major, contiguous):
  *     query      [rows, numHeads, headDim]            T
@@ -97,6 +99,7 @@ struct CrossAttnPlan
     int32_t blockRows{0};   //!< packed (row, head-in-group) query vectors per thread block
     int32_t blockKeys{0};   //!< keys per shared-memory tile
     int32_t numSplits{1};   //!< slow-token chunks per sequence (1 = no combine kernel)
+    int32_t tileSlots{0};   //!< grid.x: bound on the tiles of any row split into <= batch sequences
     size_t workspaceBytes{0};
 };
 

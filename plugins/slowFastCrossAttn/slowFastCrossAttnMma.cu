@@ -8,12 +8,15 @@
  * - S = Q K^T with mma.sync m16n8k16 (Q fragments in registers, K fragments by ldmatrix), float32 acc;
  * - online softmax in base 2 on the accumulator fragments (row max/sum across the 4-lane quad);
  * - O += P V: P re-packed from the S accumulators as the A operand, V fragments by ldmatrix.trans;
- * - epilogue: every warp dumps (m, l, O) of its 16 vectors to smem, then the block merges the kWarpsN
- *   key slices per vector and writes the output (one split) or the split partials.
+ * - keys past the chunk end are masked (-inf) in the last tile of the chunk only (the only partial one);
+ * - epilogue: every warp dumps (m, l, O) of its 16 vectors to smem (rows padded to D + 8 floats: conflict-free
+ *   float2 stores), then the block merges the kWarpsN key slices per vector and writes the output (one
+ *   split) or the split partials. NaN propagates (nanMax; "no key" comes from the key range, not from l).
  * Fragment layouts: PTX ISA, "Matrix Fragments for mma.m16n8k16" (groupID = lane / 4, tig = lane % 4).
  */
-#include "slowFastCrossAttnCommon.cuh"
+#include "slowFastCrossAttnMmaPtx.cuh"
 
+#include <atomic>
 #include <cmath>
 
 namespace slowfast
@@ -25,123 +28,14 @@ namespace detail
 namespace
 {
 
-#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
-#define SLOWFAST_MMA_ENABLED 1
-#else
-#define SLOWFAST_MMA_ENABLED 0
-#endif
-
-__device__ __forceinline__ uint32_t smemAddress(void const* p)
-{
-    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-//! 16-byte async global->shared copy; srcBytes == 0 writes zeros without reading src.
-__device__ __forceinline__ void cpAsync16(void* dst, void const* src, uint32_t srcBytes)
-{
-#if SLOWFAST_MMA_ENABLED
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smemAddress(dst)), "l"(src), "r"(srcBytes)
-                 : "memory");
-#else
-    __trap();
-#endif
-}
-
-__device__ __forceinline__ void cpAsyncCommit()
-{
-#if SLOWFAST_MMA_ENABLED
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
-#endif
-}
-
-template <int32_t kPending>
-__device__ __forceinline__ void cpAsyncWait()
-{
-#if SLOWFAST_MMA_ENABLED
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
-#endif
-}
-
-__device__ __forceinline__ void ldmatrixX4(uint32_t (&r)[4], void const* p)
-{
-#if SLOWFAST_MMA_ENABLED
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smemAddress(p))
-                 : "memory");
-#else
-    __trap();
-#endif
-}
-
-__device__ __forceinline__ void ldmatrixX4Trans(uint32_t (&r)[4], void const* p)
-{
-#if SLOWFAST_MMA_ENABLED
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smemAddress(p))
-                 : "memory");
-#else
-    __trap();
-#endif
-}
-
-//! c += a * b for one m16n8k16 tile, float32 accumulators.
-template <typename T>
-__device__ __forceinline__ void mma16816(float (&c)[4], uint32_t const (&a)[4], uint32_t b0, uint32_t b1);
-
-template <>
-__device__ __forceinline__ void mma16816<__half>(float (&c)[4], uint32_t const (&a)[4], uint32_t b0, uint32_t b1)
-{
-#if SLOWFAST_MMA_ENABLED
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#else
-    __trap();
-#endif
-}
-
-template <>
-__device__ __forceinline__ void mma16816<__nv_bfloat16>(
-    float (&c)[4], uint32_t const (&a)[4], uint32_t b0, uint32_t b1)
-{
-#if SLOWFAST_MMA_ENABLED
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#else
-    __trap();
-#endif
-}
-
-//! Two floats -> packed pair, lo in the low 16 bits (lower column index of the fragment).
-template <typename T>
-__device__ __forceinline__ uint32_t packPair(float lo, float hi);
-template <>
-__device__ __forceinline__ uint32_t packPair<__half>(float lo, float hi)
-{
-    __half2 const h = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<uint32_t const*>(&h);
-}
-template <>
-__device__ __forceinline__ uint32_t packPair<__nv_bfloat16>(float lo, float hi)
-{
-    __nv_bfloat162 const h = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t const*>(&h);
-}
-
 template <int32_t kD>
 struct MmaSmem
 {
     static constexpr int32_t kSTRIDE = kD + 8; //!< elements per smem K/V row (272 B for D = 128)
     static constexpr int32_t kTILE = kMMA_BLOCK_KEYS * kSTRIDE;
     static constexpr size_t kLOOP_BYTES = 4 * kTILE * 2;                  //!< K, V x 2 stages of 16-bit
-    static constexpr size_t kEPILOGUE_BYTES = (4 * 16 * kD + 2 * 4 * 16) * 4; //!< O, m, l of 4 warps
+    static constexpr int32_t kO_STRIDE = kD + 8; //!< floats per epilogue O row: 8 mod 32 -> no bank conflict
+    static constexpr size_t kEPILOGUE_BYTES = (4 * 16 * kO_STRIDE + 2 * 4 * 16) * 4; //!< O, m, l of 4 warps
     static constexpr size_t kBYTES = kLOOP_BYTES > kEPILOGUE_BYTES ? kLOOP_BYTES : kEPILOGUE_BYTES;
 };
 
@@ -216,9 +110,10 @@ __device__ __forceinline__ void scoreTile(
     }
 }
 
-//! Online softmax (base 2) of one tile: masks keys >= keyEnd, rescales l and o, leaves p in s.
+//! Online softmax (base 2) of one tile: masks keys >= keyEnd (kMASK: the chunk's last, partial tile only),
+//! rescales l and o, leaves p in s. The max propagates NaN, so a NaN score makes m, l and o of its row NaN.
 //! Element c of s[nt]: row lane / 4 + 8 * (c / 2), key firstKey + nt * 8 + 2 * (lane % 4) + c % 2.
-template <int32_t kNT, int32_t kDT>
+template <bool kMASK, int32_t kNT, int32_t kDT>
 __device__ __forceinline__ void onlineSoftmax(float (&s)[kNT][4], float (&m)[2], float (&l)[2], float (&o)[kDT][4],
     int32_t firstKey, int32_t keyEnd, float scaleLog2, int32_t lane)
 {
@@ -232,15 +127,18 @@ __device__ __forceinline__ void onlineSoftmax(float (&s)[kNT][4], float (&m)[2],
 #pragma unroll
             for (int32_t c = 0; c < 2; ++c)
             {
-                int32_t const keyIdx = firstKey + nt * 8 + 2 * (lane % 4) + c;
-                float const v = keyIdx < keyEnd ? s[nt][2 * r + c] * scaleLog2 : -INFINITY;
+                float v = s[nt][2 * r + c] * scaleLog2;
+                if constexpr (kMASK)
+                {
+                    v = firstKey + nt * 8 + 2 * (lane % 4) + c < keyEnd ? v : -INFINITY;
+                }
                 s[nt][2 * r + c] = v;
-                mx = fmaxf(mx, v);
+                mx = nanMax(mx, v);
             }
         }
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffU, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffU, mx, 2));
-        float const mNew = fmaxf(m[r], mx);
+        mx = nanMax(mx, __shfl_xor_sync(0xffffffffU, mx, 1));
+        mx = nanMax(mx, __shfl_xor_sync(0xffffffffU, mx, 2));
+        float const mNew = nanMax(m[r], mx);
         float const mRef = mNew == -INFINITY ? 0.F : mNew; // all keys of this warp masked so far
         float const alpha = exp2f(m[r] - mRef);
         float sum = 0.F;
@@ -294,14 +192,17 @@ __device__ __forceinline__ void accumulatePV(
 
 //! Epilogue: every warp dumps (m, l, O) of its 16 vectors to shared memory (reusing the K/V tiles),
 //! then the block merges the kWarpsN key slices of each vector and stores the result.
+//! hasKey (block-uniform): the chunk has >= 1 key. Without one ctx is exactly 0 and lse -inf; with one,
+//! ctx = acc / sum even when sum is NaN (NaN input) or 0 (all scores -inf): both give NaN, as the reference.
 template <typename T, int32_t kD, int32_t kWarpsM, int32_t kWarpsN>
 __device__ __forceinline__ void mergeAndStore(unsigned char* smemRaw, float const (&m)[2], float const (&l)[2],
     float const (&o)[kD / 8][4], KernelArgs const& a, TileInfo const& t, int32_t kvHead, int32_t split)
 {
+    constexpr int32_t kOS = MmaSmem<kD>::kO_STRIDE;
     int32_t const warp = threadIdx.x / 32;
     int32_t const lane = threadIdx.x % 32;
-    float* const sO = reinterpret_cast<float*>(smemRaw); // [warp][16][kD]
-    float* const sM = sO + 4 * 16 * kD;                   // [warp][16]
+    float* const sO = reinterpret_cast<float*>(smemRaw); // [warp][16][kOS]
+    float* const sM = sO + 4 * 16 * kOS;                  // [warp][16]
     float* const sL = sM + 4 * 16;                        // [warp][16]
 #pragma unroll
     for (int32_t r = 0; r < 2; ++r)
@@ -318,13 +219,14 @@ __device__ __forceinline__ void mergeAndStore(unsigned char* smemRaw, float cons
 #pragma unroll
         for (int32_t i = 0; i < kD / 8; ++i)
         {
-            float* dst = sO + (warp * 16 + row16) * kD + i * 8 + 2 * (lane % 4);
-            dst[0] = o[i][2 * r];
-            dst[1] = o[i][2 * r + 1];
+            // 8-byte stores: per half-warp, 4 rows x 4 lanes hit 32 distinct banks (row stride 8 mod 32)
+            *reinterpret_cast<float2*>(sO + (warp * 16 + row16) * kOS + i * 8 + 2 * (lane % 4))
+                = make_float2(o[i][2 * r], o[i][2 * r + 1]);
         }
     }
     __syncthreads();
 
+    bool const hasKey = t.keyEnd > t.keyBegin;
     for (int32_t idx = threadIdx.x; idx < 16 * kWarpsM * kD; idx += kTHREADS)
     {
         int32_t const vec = idx / kD;
@@ -339,7 +241,7 @@ __device__ __forceinline__ void mergeAndStore(unsigned char* smemRaw, float cons
 #pragma unroll
         for (int32_t w = 0; w < kWarpsN; ++w)
         {
-            mMax = fmaxf(mMax, sM[(slot0 + w) * 16 + row16]);
+            mMax = nanMax(mMax, sM[(slot0 + w) * 16 + row16]);
         }
         float sum = 0.F;
         float acc = 0.F;
@@ -350,12 +252,12 @@ __device__ __forceinline__ void mergeAndStore(unsigned char* smemRaw, float cons
             float const mw = sM[slot * 16 + row16];
             float const weight = mw == -INFINITY ? 0.F : exp2f(mw - mMax);
             sum += weight * sL[slot * 16 + row16];
-            acc += weight * sO[(slot * 16 + row16) * kD + d];
+            acc += weight * sO[(slot * 16 + row16) * kOS + d];
         }
         int32_t const p = t.vecBegin + vec;
         int32_t const row = t.rowBase + p / a.groupSize;
-        float const ctx = sum > 0.F ? acc / sum : 0.F;
-        float const lse = sum > 0.F ? mMax + log2f(sum) : -INFINITY;
+        float const ctx = hasKey ? acc / sum : 0.F;
+        float const lse = hasKey ? mMax + log2f(sum) : -INFINITY;
         storeResult<T>(a, split, vectorOffset(a, t, kvHead, p, kD) + d, row, d, kD, ctx, lse);
     }
 }
@@ -381,6 +283,10 @@ __global__ void __launch_bounds__(kTHREADS) mmaKernel(KernelArgs const a)
     }
     __syncthreads();
     TileInfo const t = sTile;
+    if (a.numSplits == 1)
+    {
+        fillUncoveredRows<T>(a, t, kvHead, kD);
+    }
     if (t.batchIndex < 0)
     {
         return;
@@ -424,7 +330,14 @@ __global__ void __launch_bounds__(kTHREADS) mmaKernel(KernelArgs const a)
         T const* sK = sKV + (it % 2) * 2 * kBN * kSTRIDE;
         float s[kNT][4];
         scoreTile<T, kD, kNT>(s, qa, sK, keyRow0, lane);
-        onlineSoftmax<kNT, kD / 8>(s, m, l, o, tileStart + keyRow0, t.keyEnd, a.scaleLog2, lane);
+        if (tileStart + kBN > t.keyEnd) // block-uniform: only the chunk's last tile can be partial
+        {
+            onlineSoftmax<true, kNT, kD / 8>(s, m, l, o, tileStart + keyRow0, t.keyEnd, a.scaleLog2, lane);
+        }
+        else
+        {
+            onlineSoftmax<false, kNT, kD / 8>(s, m, l, o, tileStart + keyRow0, t.keyEnd, a.scaleLog2, lane);
+        }
         accumulatePV<T, kD, kNT>(o, s, sK + kBN * kSTRIDE, keyRow0, lane);
         __syncthreads(); // stage `it % 2` is refilled by iteration it + 1
     }
@@ -433,18 +346,57 @@ __global__ void __launch_bounds__(kTHREADS) mmaKernel(KernelArgs const a)
     mergeAndStore<T, kD, kWarpsM, kWarpsN>(smemRaw, m, l, o, a, t, kvHead, split);
 }
 
+constexpr int32_t kMAX_DEVICES = 64;
+constexpr size_t kDEFAULT_MAX_DYNAMIC_SMEM = 48 * 1024;
+
+//! Raises the dynamic shared-memory limit of one kernel instantiation once per device (done[device]). The
+//! attribute stays set on the function for the device's context, so later launches only read a flag and call
+//! cudaGetDevice, which is legal during stream capture. Racing first calls may both set it (same value, the
+//! runtime is thread-safe). Devices past kMAX_DEVICES set it on every launch.
+template <typename Kernel>
+cudaError_t ensureDynamicSmem(Kernel kernel, int32_t bytes, std::atomic<bool> (&done)[kMAX_DEVICES], int32_t& device)
+{
+    cudaError_t err = cudaGetDevice(&device);
+    if (err != cudaSuccess)
+    {
+        device = -1;
+        return err;
+    }
+    bool const known = device >= 0 && device < kMAX_DEVICES;
+    if (known && done[device].load(std::memory_order_acquire))
+    {
+        return cudaSuccess;
+    }
+    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    if (err == cudaSuccess && known)
+    {
+        done[device].store(true, std::memory_order_release);
+    }
+    return err;
+}
+
 template <typename T, int32_t kD, int32_t kWarpsM, int32_t kWarpsN>
 cudaError_t launchMmaVariant(KernelArgs const& args, dim3 grid, cudaStream_t stream)
 {
     auto kernel = mmaKernel<T, kD, kWarpsM, kWarpsN>;
-    size_t const smem = MmaSmem<kD>::kBYTES;
-    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    if (err != cudaSuccess)
+    constexpr size_t kSMEM = MmaSmem<kD>::kBYTES;
+    static std::atomic<bool> sSmemSet[kMAX_DEVICES]{}; // per instantiation and device
+    int32_t device = -1;
+    if constexpr (kSMEM > kDEFAULT_MAX_DYNAMIC_SMEM) // D = 128: opt in above the default limit
     {
-        return err;
+        cudaError_t const err = ensureDynamicSmem(kernel, static_cast<int32_t>(kSMEM), sSmemSet, device);
+        if (err != cudaSuccess)
+        {
+            return err;
+        }
     }
-    kernel<<<grid, kTHREADS, smem, stream>>>(args);
-    return cudaGetLastError();
+    kernel<<<grid, kTHREADS, kSMEM, stream>>>(args);
+    cudaError_t const err = cudaGetLastError();
+    if (err != cudaSuccess && device >= 0 && device < kMAX_DEVICES)
+    {
+        sSmemSet[device].store(false, std::memory_order_release); // set again next time (e.g. after a device reset)
+    }
+    return err;
 }
 
 template <typename T, int32_t kD>

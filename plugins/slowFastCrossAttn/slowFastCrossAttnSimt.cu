@@ -4,7 +4,8 @@
  * Block = 4 warps, 8 packed query vectors (2 per warp), 32 keys per shared-memory tile:
  * - K/V tiles are widened to float in shared memory, keys past the chunk end are zero-filled;
  * - lane j scores key j against the warp's 2 query vectors (q broadcast from smem);
- * - online softmax in base 2 per vector (warp shuffles), then O += P V with lane j owning d = j + 32 i.
+ * - online softmax in base 2 per vector (warp shuffles), then O += P V with lane j owning d = j + 32 i;
+ * - NaN propagates (nanMax; "no key" comes from the key range, not from the sum), as the float reference.
  * Used for float32 (the only float32 path) and as a fallback/cross-check for float16/bfloat16.
  */
 #include "slowFastCrossAttnCommon.cuh"
@@ -30,7 +31,7 @@ __device__ __forceinline__ float warpMax(float v)
 #pragma unroll
     for (int32_t o = 16; o > 0; o >>= 1)
     {
-        v = fmaxf(v, __shfl_xor_sync(0xffffffffU, v, o));
+        v = nanMax(v, __shfl_xor_sync(0xffffffffU, v, o));
     }
     return v;
 }
@@ -104,7 +105,7 @@ __device__ __forceinline__ void simtTile(SimtState<kD>& st, float const* sQ, flo
     for (int32_t r = 0; r < kROWS_PER_WARP; ++r)
     {
         float const scaled = lane < valid ? s[r] * scaleLog2 : -INFINITY;
-        float const mNew = fmaxf(st.m[r], warpMax(scaled)); // finite: the tile has >= 1 valid key
+        float const mNew = nanMax(st.m[r], warpMax(scaled)); // finite for finite inputs: >= 1 valid key
         float const alpha = exp2f(st.m[r] - mNew);
         p[r] = exp2f(scaled - mNew);
         st.l[r] = st.l[r] * alpha + p[r];
@@ -134,6 +135,7 @@ template <typename T, int32_t kD>
 __device__ __forceinline__ void simtStore(SimtState<kD> const& st, KernelArgs const& a, TileInfo const& t,
     int32_t kvHead, int32_t split, int32_t warp, int32_t lane)
 {
+    bool const hasKey = t.keyEnd > t.keyBegin; // else ctx is exactly 0; a NaN sum stays NaN
 #pragma unroll
     for (int32_t r = 0; r < kROWS_PER_WARP; ++r)
     {
@@ -146,8 +148,8 @@ __device__ __forceinline__ void simtStore(SimtState<kD> const& st, KernelArgs co
         int32_t const p = t.vecBegin + vec;
         int32_t const row = t.rowBase + p / a.groupSize;
         int64_t const base = vectorOffset(a, t, kvHead, p, kD);
-        float const inv = sum > 0.F ? 1.F / sum : 0.F;
-        float const lse = sum > 0.F ? st.m[r] + log2f(sum) : -INFINITY;
+        float const inv = hasKey ? 1.F / sum : 0.F;
+        float const lse = hasKey ? st.m[r] + log2f(sum) : -INFINITY;
 #pragma unroll
         for (int32_t i = 0; i < kD / 32; ++i)
         {
@@ -176,6 +178,10 @@ __global__ void __launch_bounds__(kTHREADS) simtKernel(KernelArgs const a)
     }
     __syncthreads();
     TileInfo const t = sTile;
+    if (a.numSplits == 1)
+    {
+        fillUncoveredRows<T>(a, t, kvHead, kD);
+    }
     if (t.batchIndex < 0)
     {
         return;
