@@ -144,6 +144,8 @@ class Scheduler:
     def close(self) -> None:
         with self._cond:
             self._closed = True
+            if self.running is not None:
+                self.running.cancel("shutdown")  # stop the generation in progress at its next token
             pending = list(self._queue)
             self._queue.clear()
             self._cond.notify_all()
@@ -184,6 +186,8 @@ class Scheduler:
 def stopped_error(reason: str) -> APIError:
     if reason == "timeout":
         return APIError(504, "the request ran past the server's time limit (--request-timeout)", code="timeout")
+    if reason == "shutdown":
+        return APIError(500, "the server is shutting down", code="shutdown")
     return APIError(400, "the client disconnected", code="client_disconnected")
 
 
