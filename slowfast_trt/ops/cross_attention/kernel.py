@@ -196,12 +196,19 @@ def _device_properties(index: int) -> tuple[int, int]:
     return props.multi_processor_count, props.major * 10 + props.minor
 
 
-def _stream_handle(stream, device: torch.device) -> int:
+def launch_stream(stream, device: torch.device) -> "torch.cuda.Stream":
+    """The torch stream object for ``stream``: None = the current stream of ``device``, a
+    ``torch.cuda.Stream``, or a raw ``cudaStream_t`` (the current or default stream when it is
+    theirs, else wrapped as an ``ExternalStream``)."""
     if stream is None:
-        return torch.cuda.current_stream(device).cuda_stream
+        return torch.cuda.current_stream(device)
     if isinstance(stream, torch.cuda.Stream):
-        return stream.cuda_stream
-    return int(stream)
+        return stream
+    handle = int(stream)
+    for known in (torch.cuda.current_stream(device), torch.cuda.default_stream(device)):
+        if known.cuda_stream == handle:
+            return known
+    return torch.cuda.ExternalStream(handle, device=device)
 
 
 def cross_attention(
@@ -226,7 +233,11 @@ def cross_attention(
     Returns ``out`` (allocated when None) of shape ``[rows, num_heads * head_dim]``: the attention context,
     or ``residual + gate * context`` when residual and gate are given. ``stream``: None = the current
     torch stream of the query's device, or a ``torch.cuda.Stream``, or a raw ``cudaStream_t`` int (0 = the
-    legacy default stream). ``backend``: "auto" (tensor cores for float16/bfloat16), "simt" or "mma".
+    legacy default stream). The call behaves like a torch op run under ``torch.cuda.stream(stream)``:
+    ``out`` and the workspace are allocated on that stream (the caching allocator only orders a reused
+    block after its earlier users on the stream it was allocated for), the inputs must be ready on it
+    (``stream.wait_stream(producer)``), and a returned ``out`` used on another stream needs
+    ``wait_stream`` and ``out.record_stream`` there. ``backend``: "auto" (tensor cores for float16/bfloat16), "simt" or "mma".
     ``num_splits``: 0 = automatic split of the slow tokens, > 0 forces a count (tests, tuning).
     Raises ValueError for contract violations, RuntimeError when the extension is missing or CUDA fails.
     """
@@ -241,21 +252,21 @@ def cross_attention(
          "row_offsets": row_offsets, "residual": residual, "gate": gate, "out": out}
     )
     mod = _module()
-    if out is None:
-        out = torch.empty(rows, num_heads * head_dim, dtype=query.dtype, device=device)
     num_sms, sm_version = _device_properties(device.index if device.index is not None else torch.cuda.current_device())
     plan = mod.plan(dtype_name, rows, batch, num_heads, num_kv_heads, head_dim, slow_tokens, num_sms,
                     backend, num_splits)
     with torch.cuda.device(device):
-        handle = _stream_handle(stream, device)
-        workspace = torch.empty(max(plan["workspace_bytes"], 1), dtype=torch.uint8, device=device)
-        if handle != torch.cuda.current_stream(device).cuda_stream:
-            workspace.record_stream(torch.cuda.ExternalStream(handle, device=device))
-        mod.launch(
-            dtype_name, rows, batch, num_heads, num_kv_heads, head_dim, slow_tokens, float(scale),
-            query.data_ptr(), slow_key.data_ptr(), slow_value.data_ptr(), slow_lengths.data_ptr(),
-            row_offsets.data_ptr(), residual.data_ptr() if residual is not None else 0,
-            gate.data_ptr() if gate is not None else 0, out.data_ptr(), workspace.data_ptr(),
-            plan["workspace_bytes"], handle, num_sms, sm_version, backend, num_splits,
-        )
+        target = launch_stream(stream, device)
+        # Everything the launch writes is allocated for the stream it runs on (see the docstring).
+        with torch.cuda.stream(target):
+            if out is None:
+                out = torch.empty(rows, num_heads * head_dim, dtype=query.dtype, device=device)
+            workspace = torch.empty(max(plan["workspace_bytes"], 1), dtype=torch.uint8, device=device)
+            mod.launch(
+                dtype_name, rows, batch, num_heads, num_kv_heads, head_dim, slow_tokens, float(scale),
+                query.data_ptr(), slow_key.data_ptr(), slow_value.data_ptr(), slow_lengths.data_ptr(),
+                row_offsets.data_ptr(), residual.data_ptr() if residual is not None else 0,
+                gate.data_ptr() if gate is not None else 0, out.data_ptr(), workspace.data_ptr(),
+                plan["workspace_bytes"], target.cuda_stream, num_sms, sm_version, backend, num_splits,
+            )
     return out
