@@ -97,12 +97,9 @@ def build_engines(
                            max_prefill_rows=max_prefill_rows, include_nocross=include_nocross,
                            workspace_bytes=workspace_bytes)
     trt = import_tensorrt()
-    from slowfast_trt.ops.cross_attention.kernel import plugin_library_path
+    from slowfast_trt.ops.cross_attention.plugin import load_plugin_library
 
-    library = plugin_library_path()
-    if library is None:
-        raise ValueError("the slowfast_trt TensorRT plugin library was not built; reinstall with CUDA and TensorRT present")
-    trt.get_plugin_registry().load_library(str(library))
+    load_plugin_library(trt)  # once per process: the runtime may load engines in this process next
     capability, device_name = _device()
     cache_path = P.timing_cache_path(timing_cache_dir or DEFAULT_CACHE_DIR, trt.__version__, capability)
     cache_bytes = cache_path.read_bytes() if cache_path.is_file() else b""

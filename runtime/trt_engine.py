@@ -41,8 +41,6 @@ from slowfast_trt.runtime.engine import (
 
 __all__ = ["TrtEngine", "check_engine_folder", "import_tensorrt", "tensorrt_available", "with_decode_context"]
 
-_PLUGIN_LOADED: set[str] = set()
-
 
 def import_tensorrt():
     """``import tensorrt``, or an ``EngineError`` saying what to do instead."""
@@ -58,15 +56,11 @@ def tensorrt_available() -> bool:
 
 
 def load_plugin_library(trt) -> None:
-    """Register the slow-token cross-attention plugin with TensorRT, once per process."""
-    from slowfast_trt.ops.cross_attention.kernel import plugin_library_path
+    """Register the slow-token cross-attention plugin with TensorRT, once per process (the
+    one loader, shared with the engine build: :mod:`slowfast_trt.ops.cross_attention.plugin`)."""
+    from slowfast_trt.ops.cross_attention.plugin import load_plugin_library as load
 
-    path = plugin_library_path()
-    if path is None:
-        raise EngineError("the slowfast_trt TensorRT plugin library was not built; reinstall with CUDA and TensorRT present")
-    if str(path) not in _PLUGIN_LOADED:
-        trt.get_plugin_registry().load_library(str(path))
-        _PLUGIN_LOADED.add(str(path))
+    load(trt, EngineError)
 
 
 class TrtEngine(Engine):
