@@ -1,7 +1,9 @@
 """The slow-token cross-attention as a PyTorch custom op, and its ONNX translation.
 
-``torch.ops.slowfast_trt.cross_attention`` has the real eager math
-(:func:`slowfast_trt.export.cross_attention.cross_attention_eager`), a fake (meta) kernel for
+``torch.ops.slowfast_trt.cross_attention`` runs the compiled CUDA kernel (the TensorRT plugin's
+code, :mod:`.kernel`) for CUDA tensors it supports and the eager math
+(:func:`slowfast_trt.ops.cross_attention.eager.cross_attention_eager`) otherwise
+(:func:`implementation` says which), has a fake (meta) kernel for
 tracing, and a TorchScript-exporter symbolic that emits ONE node of the contract
 (``contract.json``: ``slowfast_trt::SlowFastCrossAttention`` with every attribute)
 per call. ONNX Runtime runs that node through the model-local ONNX function that
@@ -29,10 +31,42 @@ from typing import Optional
 
 import torch
 
+from slowfast_trt.ops.cross_attention import kernel
 from slowfast_trt.ops.cross_attention.eager import cross_attention_eager
 from slowfast_trt.ops.cross_attention.contract import op_schema
 
 OP_QUALNAME = "slowfast_trt::cross_attention"
+
+
+def implementation(query: torch.Tensor, slow_key: torch.Tensor, slow_value: torch.Tensor,
+                   residual: torch.Tensor | None = None, gate: torch.Tensor | None = None) -> str:
+    """``"kernel"`` when :func:`cross_attention` runs the compiled CUDA kernel for these inputs:
+    CUDA tensors of one float dtype the kernel has, a head dim it was built for, at least one
+    row, and the extension built; else ``"eager"`` (CPU, or an unsupported shape or build)."""
+    if not (query.is_cuda and slow_key.is_cuda) or query.dim() != 3 or query.shape[0] == 0:
+        return "eager"
+    dtypes = {t.dtype for t in (query, slow_key, slow_value, residual, gate) if t is not None}
+    if len(dtypes) != 1 or query.dtype not in kernel.SUPPORTED_DTYPES:
+        return "eager"
+    if query.shape[2] not in kernel.SUPPORTED_HEAD_DIMS or (residual is None) != (gate is None):
+        return "eager"
+    return "kernel" if kernel.is_available() else "eager"
+
+
+def _dense(t: torch.Tensor | None) -> torch.Tensor | None:
+    """``t`` as the kernel reads it: contiguous and 16-byte aligned (a copy only when it is not)."""
+    if t is None or (t.is_contiguous() and t.data_ptr() % 16 == 0):
+        return t
+    return t.clone(memory_format=torch.contiguous_format)
+
+
+def _run_kernel(query, slow_key, slow_value, slow_lengths, row_offsets, residual, gate, scale) -> torch.Tensor:
+    ints = [t.to(query.device, torch.int32).contiguous() for t in (slow_lengths, row_offsets)]  # no-ops in the runtime
+    return kernel.cross_attention(
+        _dense(query), _dense(slow_key), _dense(slow_value), *ints, _dense(residual), _dense(gate),
+        num_heads=int(query.shape[1]), num_kv_heads=int(slow_key.shape[1]),
+        scale=query.shape[2] ** -0.5 if scale is None else float(scale),
+    )
 
 
 @torch.library.custom_op(OP_QUALNAME, mutates_args=())
@@ -49,8 +83,11 @@ def cross_attention(
     """Context of each query row over its sequence's valid slow tokens (see the module table).
 
     With ``residual`` and ``gate`` it returns ``residual + gate * ctx`` (the contract's
-    ``fuse_gate = 1``), otherwise ``ctx``. ``scale`` defaults to ``head_dim ** -0.5``.
+    ``fuse_gate = 1``), otherwise ``ctx``. ``scale`` defaults to ``head_dim ** -0.5``. Runs the
+    CUDA kernel where :func:`implementation` says so (no host sync: CUDA-graph safe), else eager.
     """
+    if implementation(query, slow_key, slow_value, residual, gate) == "kernel":
+        return _run_kernel(query, slow_key, slow_value, slow_lengths, row_offsets, residual, gate, scale)
     return cross_attention_eager(query, slow_key, slow_value, slow_lengths, row_offsets, residual, gate, scale)
 
 
