@@ -11,9 +11,12 @@ Written by ``python -m slowfast_trt.export``; read by the runtime, which calls
 | source             | checkpoint as given, resolved folder, ``hash`` and ``hash_method``         |
 | config             | the parsed ``SlowFastConfig`` (dataclass fields) and derived values        |
 | precision, dtype   | ``fp32``/``fp16``/``bf16`` and the torch dtype name of the weights         |
-| frames, max_seq_len| frames per video and the KV-cache length the graphs were exported for     |
+| frames             | the default frames sampled from a video file                              |
+| max_frames         | the graphs serve every video of 1..max_frames frames (``frame_range``)    |
+| max_seq_len        | the KV-cache length the graphs were exported for                          |
 | vocab_rows         | embedding / LM-head rows kept (the tokenizer length, as upstream resizes)  |
-| visual_tokens      | slow and fast token counts for ``frames`` (and per frame, fast frames)     |
+| visual_tokens      | slow and fast tokens for ``frames`` (per frame, fast frames), and the      |
+|                    | largest over the range (``max_slow``, ``max_fast``)                        |
 | subgraphs          | per graph: ONNX file, inputs and outputs (name, shape, dtype)              |
 | custom_op          | name, domain, op_version of ``ops/cross_attention/contract.json``         |
 | layouts            | KV cache and slow K/V layouts, shapes and counts                           |
@@ -40,7 +43,8 @@ from slowfast_trt.export.rebuild import reexport
 from slowfast_trt.ops.cross_attention.contract import op_schema
 
 MANIFEST_NAME = "manifest.json"
-FORMAT = 2  # 2: decoders take past_length (static-shape decode steps)
+FORMAT = 3  # 2: decoders take past_length (static-shape decode steps); 3: every frame count 1..max_frames
+_FORMAT_CHANGES = {3: "one export now serves every frame count from 1 to --max-frames"}
 HASH_METHOD = (
     "sha256 over config.json, model.safetensors.index.json if present, and per weight file: name, size, "
     "safetensors header (.bin: first and last MiB)"
@@ -140,8 +144,10 @@ def check_manifest(manifest: Mapping[str, Any], expected_version: str, ckpt_hash
     is built from it), and, when ``ckpt_hash`` is given, the source checkpoint's hash.
     """
     if manifest.get("format") != FORMAT:
+        why = _FORMAT_CHANGES.get(FORMAT, "") if isinstance(manifest.get("format"), int) and manifest["format"] < FORMAT else ""
         raise ValueError(
-            f"export manifest format {manifest.get('format')!r}, this package reads format {FORMAT}; {_REBUILD}"
+            f"export manifest format {manifest.get('format')!r}, this package reads format {FORMAT}"
+            f"{f' ({why})' if why else ''}; {_REBUILD}"
         )
     exported = manifest.get("package_version")
     if exported != expected_version:

@@ -8,6 +8,11 @@ bf16 convolutions and ONNX Runtime no bf16 CPU kernels), so it needs ``--backend
 calibration prompts; :mod:`slowfast_trt.export.quantize_int4`), activations in float16 for
 TensorRT and float32 for ONNX Runtime; it loads the whole model (no part-by-part streaming).
 
+One export serves every video of 1..``max_frames`` frames (``--max-frames``, default the
+checkpoint's training frames, or ``--frames`` when larger; ``--frames`` is then only the default
+count sampled from a file): the frame count is data for the graphs, see
+:mod:`slowfast_trt.models.slowfast.specs`.
+
 The folder gets the ONNX subgraphs (``export_all``), the tokenizer files and ``config.json``
 of the checkpoint, and ``manifest.json`` (:mod:`slowfast_trt.export.manifest`). With
 ``--backend tensorrt`` it also gets ``*.trt.onnx`` copies without the custom op's local
@@ -33,8 +38,6 @@ from pathlib import Path
 from typing import Callable
 
 from slowfast_trt import dtypes
-from slowfast_trt.models.slowfast.config import SlowFastConfig
-
 BACKENDS = ("tensorrt", "onnxruntime")
 DEFAULT_MAX_SEQ_LEN = 4096
 # Files of a checkpoint folder that are not weights: tokenizer, config, generation config.
@@ -53,10 +56,15 @@ class ExportPlan:
     out: Path
     backend: str
     precision: str
-    frames: int
+    frames: int  # the default frames sampled from a file
     max_seq_len: int
     build_engines: bool
     visual_tokens: dict
+    max_frames: int = 0  # the graphs serve every video of 1..max_frames frames (0: frames)
+
+    @property
+    def frame_range(self) -> tuple[int, int]:
+        return 1, self.max_frames or self.frames
 
 
 def tensorrt_missing() -> str | None:
@@ -122,10 +130,6 @@ def visual_token_counts(frames: int, config, vision_grid: int) -> dict:
     }
 
 
-def _default_frames(directory: Path) -> int:
-    return SlowFastConfig.from_file(directory / "config.json").training_frames
-
-
 @dataclass(frozen=True)
 class ExportRequest:
     """What to export: the export CLI's arguments, as a library call takes them."""
@@ -134,8 +138,9 @@ class ExportRequest:
     out: str | Path
     backend: str = "tensorrt"
     precision: str = "fp16"
-    frames: int | None = None
+    frames: int | None = None  # default frames per video file (default: training frames, at most max_frames)
     max_seq_len: int | None = None
+    max_frames: int | None = None  # most frames per video (default: the training frames, or frames if more)
     onnx_only: bool = False
     force: bool = False
 
@@ -176,13 +181,14 @@ def plan_export(args: ExportRequest) -> ExportPlan:
     reader = CheckpointReader(directory)
     spec = ConvNeXtSpec.from_shapes(vision_relative_shapes(reader.shapes), source=config.source)
     grid = config.visual.image_size // spec.stride
-    frames = args.frames if args.frames is not None else _default_frames(directory)
+    frames, max_frames = _frame_range(args, config)
     counts = visual_token_counts(frames, config, grid)
+    counts.update(_range_counts(max_frames, config, grid))
     max_seq_len = args.max_seq_len if args.max_seq_len is not None else DEFAULT_MAX_SEQ_LEN
-    if max_seq_len <= counts["fast"]:
+    if max_seq_len <= counts["max_fast"]:
         raise ValueError(
-            f"--max-seq-len {max_seq_len}: must exceed the {counts['fast']} fast tokens of {frames} frames "
-            "(they sit in the prompt with the text)"
+            f"--max-seq-len {max_seq_len}: must exceed the {counts['max_fast']} fast tokens of the longest video "
+            f"(1..{max_frames} frames; they sit in the prompt with the text)"
         )
     if max_seq_len > config.text.max_position_embeddings:
         raise ValueError(
@@ -192,7 +198,32 @@ def plan_export(args: ExportRequest) -> ExportPlan:
     return ExportPlan(
         ckpt=str(args.ckpt), directory=directory, out=out, backend=args.backend, precision=args.precision,
         frames=frames, max_seq_len=max_seq_len, build_engines=build_engines, visual_tokens=counts,
+        max_frames=max_frames,
     )
+
+
+def _frame_range(args: "ExportRequest", config) -> tuple[int, int]:
+    """(default frames, max frames): ``--max-frames`` defaults to the training frames (or
+    ``--frames`` when larger); ``--frames`` to the training frames, at most ``--max-frames``."""
+    for flag, value in (("--frames", args.frames), ("--max-frames", args.max_frames)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{flag} must be an integer >= 1, got {value!r}")
+    training = config.training_frames
+    max_frames = args.max_frames if args.max_frames is not None else max(training, args.frames or 0)
+    frames = args.frames if args.frames is not None else min(training, max_frames)
+    if frames > max_frames:
+        raise ValueError(f"--frames {frames}: exceeds --max-frames {max_frames} (the most frames the graphs serve)")
+    return frames, max_frames
+
+
+def _range_counts(max_frames: int, config, vision_grid: int) -> dict:
+    """The largest slow and fast token counts over videos of 1..max_frames frames."""
+    from slowfast_trt.models.slowfast.specs import frame_bounds
+
+    for frames in sorted({1, 2, max_frames}):  # every pooling branch and grid the range reaches
+        visual_token_counts(frames, config, vision_grid)
+    bounds = frame_bounds(config, max_frames)
+    return {"max_frames": max_frames, "max_slow": bounds.max_slow, "max_fast": bounds.max_fast}
 
 
 def graph_dtype(plan: "ExportPlan") -> str:
@@ -243,8 +274,8 @@ def _relative(stage: Path, file: str | Path) -> str:
 def _build_engines(stage: Path, specs: dict, trt_files: dict[str, str], plan: ExportPlan, progress: Progress) -> dict:
     """Hook for the engine build (``slowfast_trt.export.trt_build``, a later issue).
 
-    Expected: ``build_engines(stage, trt_files, specs, precision=, frames=, max_seq_len=,
-    progress=) -> {subgraph name: engine file relative to stage}``, building from the stripped
+    Expected: ``build_engines(stage, trt_files, specs, precision=, frames= (the most), max_seq_len=,
+    progress=, opt_frames=) -> {subgraph name: engine file relative to stage}``, building from the stripped
     ``*.trt.onnx`` files. A failure raises; the stage folder is then removed by the caller.
     """
     try:
@@ -254,7 +285,8 @@ def _build_engines(stage: Path, specs: dict, trt_files: dict[str, str], plan: Ex
     progress("building TensorRT engines")
     return trt_build.build_engines(
         stage, trt_files, specs,
-        precision=plan.precision, frames=plan.frames, max_seq_len=plan.max_seq_len, progress=progress,
+        precision=plan.precision, frames=plan.frame_range[1], max_seq_len=plan.max_seq_len, progress=progress,
+        opt_frames=plan.frames,
     )
 
 
@@ -299,7 +331,8 @@ def _layouts(config, plan: ExportPlan) -> dict:
         },
         "slow_kv": {
             "layout": SLOW_KV_LAYOUT, "hybrid_layers": list(config.cross_attn.hybrid_layers), "dtype": dtype,
-            "shape": ["batch", text.num_kv_heads, plan.visual_tokens["slow"], text.head_dim],
+            "shape": ["batch", text.num_kv_heads, plan.visual_tokens.get("max_slow") or plan.visual_tokens["slow"],
+                      text.head_dim],
         },
     }
 
@@ -327,6 +360,8 @@ def build_manifest(
         "precision": plan.precision,
         "dtype": graph_dtype(plan),
         "frames": plan.frames,
+        "max_frames": plan.frame_range[1],
+        "frame_range": list(plan.frame_range),
         "max_seq_len": plan.max_seq_len,
         "vocab_rows": vocab_rows,
         "visual_tokens": plan.visual_tokens,
@@ -349,7 +384,7 @@ def _export_int4(plan: ExportPlan, stage: Path, dtype: str, progress: Progress):
     tokenizer = load_tokenizer(plan.directory)
     progress(f"loading the checkpoint in float32 for AWQ calibration (vocab rows {len(tokenizer)})")
     model = load_model(plan.directory, dtype="float32", vocab_rows=len(tokenizer))
-    specs = export_int4_awq(model, stage, plan.frames, plan.max_seq_len, tokenizer=tokenizer,
+    specs = export_int4_awq(model, stage, plan.frame_range[1], plan.max_seq_len, tokenizer=tokenizer,
                             activation_precision=dtype, progress=progress)
     return specs, model.config
 
@@ -378,8 +413,9 @@ def run_export(plan: ExportPlan, progress: Progress = lambda message: None) -> d
             progress(f"opening the checkpoint as {dtype} (vocab rows {vocab_rows})")
             model = open_model(plan.directory, dtype=dtype, vocab_rows=vocab_rows)
             config = model.config
-            progress(f"exporting ONNX subgraphs ({plan.frames} frames, max_seq_len {plan.max_seq_len})")
-            specs = export_all(model, stage, dtype, plan.frames, plan.max_seq_len, progress=progress)
+            low, high = plan.frame_range
+            progress(f"exporting ONNX subgraphs ({low}..{high} frames, max_seq_len {plan.max_seq_len})")
+            specs = export_all(model, stage, dtype, high, plan.max_seq_len, progress=progress)
             del model
         gc.collect()
         copied = copy_checkpoint_files(plan.directory, stage)

@@ -1,11 +1,15 @@
 """Export the Slow-Fast model as ONNX subgraphs (tensor table: :mod:`slowfast_trt.export.specs`).
 
-:func:`export_all` writes, into one folder, for a given precision, frame count and maximum
-sequence length:
+:func:`export_all` writes, into one folder, for a given precision, most frames per video and
+maximum sequence length:
 
 * ``vision.onnx``: uint8 frames -> ConvNeXt features, normalisation folded in, dynamic N;
-* ``pooler.onnx``: features of T frames -> slow and fast tokens (T fixed: every branch of the
-  fast-token rule is resolved at export into static gathers and means);
+* ``projector.onnx``: features of N frames + ``grid_pool`` -> frame tokens (N, n', hid), the
+  projector and each frame's 2D video pooling (a float32 product with the matrix);
+* ``fast_pool.onnx``: frame tokens of T frames + ``temporal_pool`` (F, T) + ``spatial_pool`` ->
+  fast tokens, no weights. The frame count lives in the host-built matrices
+  (:func:`slowfast_trt.models.slowfast.visual_tokens.pooling_matrices`), not in the graphs, so
+  one export serves every T from 1 to ``max_frames``; the slow tokens are the frame tokens;
 * ``slow_kv.onnx``: slow tokens -> slow K/V of every hybrid layer, dynamic Ns (run once per
   video; the decoder never re-projects slow tokens);
 * ``decoder.onnx``: one graph with dynamic seq/past/slow_tokens/rows for prefill and for
@@ -69,12 +73,7 @@ from slowfast_trt.export.onnx_io import (
     large_tensors,
     row_blocks,
 )
-from slowfast_trt.models.slowfast.visual_tokens import (
-    fast_frame_indices,
-    pool_grid,
-    uses_avg_pool3d,
-    video_pooling_stride,
-)
+from slowfast_trt.models.slowfast.visual_tokens import pool_fast, project_frames
 
 
 class VisionGraph(ExportGraph):
@@ -94,56 +93,24 @@ class VisionGraph(ExportGraph):
         return self.vision(x.permute(0, 3, 1, 2).to(self.dtype))
 
 
-def fast_frame_bins(frames: int, visual) -> list[list[int]]:
-    """Source frames averaged into each fast frame: upstream's sampling + avg_pool3d or
-    adaptive pooling, resolved for a fixed frame count."""
-    if frames == 1:
-        return [[0]]
-    idx = fast_frame_indices(frames, visual.fast_temporal_sampling_stride, visual.min_fast_frames)
-    stride = visual.fast_temporal_stride
-    if stride <= 1:
-        return [[i] for i in idx]
-    if uses_avg_pool3d(frames, visual):
-        return [idx[i * stride : (i + 1) * stride] for i in range(len(idx) // stride)]
-    count, out = len(idx), min(len(idx), visual.min_fast_frames)
-    # adaptive_avg_pool: bin i covers floor(i*n/out) .. ceil((i+1)*n/out) - 1
-    return [idx[(i * count) // out : -((-(i + 1) * count) // out)] for i in range(out)]
+class ProjectorGraph(ExportGraph):
+    """(N, g*g, C_vis) features, grid_pool (n', g*g) -> frame tokens (N, n', hid): the projector,
+    then each frame's 2D pooling as a float32 product (identity ``grid_pool`` for an image)."""
 
-
-class PoolerGraph(ExportGraph):
-    """(T, g*g, C_vis) -> slow (T*n, hid), fast (Nf, hid) for a fixed T (static index/mean ops)."""
-
-    def __init__(self, projector: nn.Module, visual, frames: int):
+    def __init__(self, projector: nn.Module):
         super().__init__()
         self.projector = projector
-        self.visual = visual
-        self.frames = frames
-        bins = fast_frame_bins(frames, visual)
-        # Bins grouped by size: one gather + one mean per size, then a gather back to bin order.
-        sizes = sorted({len(b) for b in bins})
-        self.groups = [(k, torch.tensor([i for b in bins if len(b) == k for i in b])) for k in sizes]
-        order = [n for k in sizes for n, b in enumerate(bins) if len(b) == k]
-        self.order = None if order == list(range(len(bins))) else torch.tensor(np.argsort(order))
-        self.identity = bins == [[i] for i in range(frames)]
 
-    def compute(self, features: torch.Tensor):
-        projected = self.projector(features)
-        pooled = pool_grid(projected, video_pooling_stride(self.frames, self.visual))
-        frames, n, channels = pooled.shape
-        slow = pooled.reshape(frames * n, channels)
-        fast = pooled if self.identity else self._temporal(pooled)
-        fast = pool_grid(fast, self.visual.fast_spatial_stride)
-        return slow, fast.reshape(-1, channels)
+    def compute(self, features: torch.Tensor, grid_pool: torch.Tensor) -> torch.Tensor:
+        return project_frames(features, self.projector, grid_pool)
 
-    def _temporal(self, pooled: torch.Tensor) -> torch.Tensor:
-        _, n, channels = pooled.shape
-        parts = []
-        for size, index in self.groups:
-            whole = index.tolist() == list(range(pooled.shape[0]))  # e.g. contiguous equal bins
-            picked = pooled if whole else pooled.index_select(0, index.to(pooled.device))
-            parts.append(picked if size == 1 else picked.reshape(-1, size, n, channels).mean(1))
-        fast = parts[0] if len(parts) == 1 else torch.cat(parts, 0)
-        return fast if self.order is None else fast.index_select(0, self.order.to(pooled.device))
+
+class FastPoolGraph(ExportGraph):
+    """Frame tokens (T, n', hid), temporal_pool (F, T), spatial_pool (n'', n') -> fast tokens
+    (F, n'', hid); no weights: the frame count is in the matrices, not in the graph."""
+
+    def compute(self, frame_tokens: torch.Tensor, temporal_pool: torch.Tensor, spatial_pool: torch.Tensor):
+        return pool_fast(frame_tokens, temporal_pool, spatial_pool)
 
 
 class SlowKVGraph(ExportGraph):
@@ -216,11 +183,12 @@ def _write(
     shapes = {t.name: t.shape for t in spec.inputs + spec.outputs}
     sources = sources or {}
     streams = {name: sources[id(t)] for name, t in large_tensors(module).items() if id(t) in sources}
+    data_file = spec.data_file or f"{spec.file}.data"  # weightless (fast_pool): written empty, removed
     export_graph(
         module,
         args,
         out_dir / spec.file,
-        spec.data_file,
+        data_file,
         spec.input_names,
         spec.output_names,
         shapes,
@@ -229,11 +197,16 @@ def _write(
         share=share,
         streams=streams,
     )
+    if not spec.data_file:
+        empty = out_dir / data_file
+        if empty.stat().st_size:
+            raise ValueError(f"{spec.name}: a graph without weights wrote {empty.stat().st_size} bytes of data")
+        empty.unlink()
     return spec
 
 
-def _prepare(model: SlowFastModel, out_dir: Path, precision: str, frames: int, max_seq_len: int):
-    specs = S.subgraph_specs(model.config, precision, frames, max_seq_len, vocab_rows=model.vocab_rows)
+def _prepare(model: SlowFastModel, out_dir: Path, precision: str, max_frames: int, max_seq_len: int):
+    specs = S.subgraph_specs(model.config, precision, max_frames, max_seq_len, vocab_rows=model.vocab_rows)
     if model.vision.spec.stride != S.VISION_STRIDE:
         raise ValueError(f"vision tower stride {model.vision.spec.stride} is not the supported {S.VISION_STRIDE}")
     dtype = parse_dtype(precision)
@@ -253,13 +226,38 @@ def export_vision(
     return _write(VisionGraph(model.vision, model.dtype), spec, args, Path(out_dir), sources=sources)
 
 
-def export_pooler(
-    model: SlowFastModel, out_dir: Path, precision: str, frames: int, max_seq_len: int, sources: Sources | None = None
+# Trace sizes: every dynamic dimension of the projector and fast_pool at a size of its own, so
+# none is specialised (the graphs are products; the matrices' values do not matter here).
+_TRACE = {"frames": 3, "tokens_per_frame": 7, "fast_frames": 2, "fast_tokens_per_frame": 5}
+
+
+def _trace_inputs(spec: S.SubgraphSpec, device, gen: torch.Generator) -> list:
+    args = []
+    for t in spec.inputs:
+        if t.dtype == "float32" and t.name != "features":  # a pooling matrix
+            args.append(torch.rand(tuple(_TRACE[d] if isinstance(d, str) else d for d in t.shape), generator=gen).to(device))
+        else:
+            args.append(_example(t, _TRACE, device, gen))
+    return args
+
+
+def export_projector(
+    model: SlowFastModel, out_dir: Path, precision: str, max_frames: int, max_seq_len: int,
+    sources: Sources | None = None,
 ) -> S.SubgraphSpec:
-    specs, gen = _prepare(model, Path(out_dir), precision, frames, max_seq_len)
-    spec = specs[S.POOLER]
-    args = [_example(spec.inputs[0], {}, _device(model.projector), gen)]
-    return _write(PoolerGraph(model.projector, model.config.visual, frames), spec, args, Path(out_dir), sources=sources)
+    specs, gen = _prepare(model, Path(out_dir), precision, max_frames, max_seq_len)
+    spec = specs[S.PROJECTOR]
+    args = _trace_inputs(spec, _device(model.projector), gen)
+    return _write(ProjectorGraph(model.projector), spec, args, Path(out_dir), sources=sources)
+
+
+def export_fast_pool(
+    model: SlowFastModel, out_dir: Path, precision: str, max_frames: int, max_seq_len: int,
+    sources: Sources | None = None,
+) -> S.SubgraphSpec:
+    specs, gen = _prepare(model, Path(out_dir), precision, max_frames, max_seq_len)
+    spec = specs[S.FAST_POOL]
+    return _write(FastPoolGraph(), spec, _trace_inputs(spec, "cpu", gen), Path(out_dir), sources=sources)
 
 
 def export_slow_kv(
@@ -349,7 +347,8 @@ def save_embedding(
 _STEP_PARTS = {
     S.EMBED: (),
     S.VISION: (PARTS["vision"],),
-    S.POOLER: (PARTS["projector"],),
+    S.PROJECTOR: (PARTS["projector"],),
+    S.FAST_POOL: (),
     S.SLOW_KV: (PARTS["decoder"],),
     S.DECODER: (PARTS["decoder"],),
     S.DECODER_NOCROSS: (PARTS["decoder"],),
@@ -374,11 +373,12 @@ def export_all(
     model: SlowFastModel,
     out_dir: Path,
     precision: str,
-    frames: int,
+    max_frames: int,
     max_seq_len: int,
     progress: Callable[[str], None] = lambda msg: None,
 ) -> dict[str, S.SubgraphSpec]:
     """Export every subgraph (and the embedding table) into ``out_dir``; returns their specs.
+    The graphs serve every video of 1..``max_frames`` frames.
 
     ``model``: loaded, or from :func:`slowfast_trt.models.slowfast.checkpoint.open_model` (lazy: each part is
     materialised as stubs + small tensors just before its subgraph and released right after,
@@ -387,7 +387,8 @@ def export_all(
     steps = [
         (S.EMBED, save_embedding, {}),
         (S.VISION, export_vision, {}),
-        (S.POOLER, export_pooler, {}),
+        (S.PROJECTOR, export_projector, {}),
+        (S.FAST_POOL, export_fast_pool, {}),
         (S.SLOW_KV, export_slow_kv, {}),
         (S.DECODER, export_decoder, {"cross": True}),
         (S.DECODER_NOCROSS, export_decoder, {"cross": False}),
@@ -403,14 +404,14 @@ def export_all(
     for n, (name, fn, kwargs) in enumerate(steps, 1):
         progress(f"[{n}/{len(steps)}] {name}")
         if not lazy:
-            done[name] = fn(model, Path(out_dir), precision, frames, max_seq_len, **kwargs)
+            done[name] = fn(model, Path(out_dir), precision, max_frames, max_seq_len, **kwargs)
             gc.collect()  # free the trace and the proto before the next graph
             continue
         prefixes = _STEP_PARTS[name]
         try:
             stubs = materialize(model, prefixes, stub_bytes=INLINE_BYTES) if prefixes else set()
             sources = _stub_sources(model, stubs)
-            done[name] = fn(model, Path(out_dir), precision, frames, max_seq_len, sources=sources, **kwargs)
+            done[name] = fn(model, Path(out_dir), precision, max_frames, max_seq_len, sources=sources, **kwargs)
         finally:
             sources = None
             if prefixes:

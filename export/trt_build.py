@@ -90,12 +90,14 @@ def build_engines(
     max_prefill_rows: int | None = None,
     include_nocross: bool = True,
     workspace_bytes: int | None = None,
+    opt_frames: int | None = None,
 ) -> dict[str, str]:
-    """Build one engine per ONNX subgraph in ``stage``; returns {subgraph: engine file}.
-    Keyword options: :func:`.trt_plan.plan_engines` (Jetson: bound them, see there)."""
+    """Build one engine per ONNX subgraph in ``stage`` for 1..``frames`` frames; returns
+    {subgraph: engine file}. Keyword options: :func:`.trt_plan.plan_engines` (Jetson: bound
+    them, see there)."""
     plans = P.plan_engines(specs, precision, frames, max_seq_len, frame_counts=frame_counts, vision_batch=vision_batch,
                            max_prefill_rows=max_prefill_rows, include_nocross=include_nocross,
-                           workspace_bytes=workspace_bytes)
+                           workspace_bytes=workspace_bytes, opt_frames=opt_frames)
     trt = import_tensorrt()
     from slowfast_trt.ops.cross_attention.plugin import load_plugin_library
 

@@ -6,14 +6,20 @@ Engines per export folder (one per ONNX subgraph; the embedding table is not a g
 
 | engine          | optimisation profiles (named dim: min / opt / max)                              |
 |-----------------|---------------------------------------------------------------------------------|
-| vision          | ``frames``: 1 / vision batch / vision batch (default batch: the export frames)  |
-| pooler          | none (static shapes, fixed frame count)                                         |
-| slow_kv         | ``slow_tokens``: slow tokens of the fewest / export / most supported frames     |
+| vision          | ``frames``: 1 / vision batch / vision batch (default batch: ``max_frames``)     |
+| projector       | ``frames``: 1 / opt frames / max frames; ``tokens_per_frame``: video / video / image |
+| fast_pool       | the same, and ``fast_frames`` 1 / of opt frames / most, ``fast_tokens_per_frame`` |
+| slow_kv         | ``slow_tokens``: one frame's / opt frames' / the most (1..max_frames frames)    |
 | decoder         | 0 ``prefill``: seq 1 / fast + 64 / R, past 0 / 0 / L-1, rows 0 / 64 / R;        |
 |                 | 1 ``decode``: seq 1 / 1 / 1, past L / L / L (static), rows 0 / 1 / 1;           |
 |                 | both: slow_tokens 1 (text-only prompts) / as slow_kv. One engine: weights once. |
 |                 | (L = max_seq_len, R = ``max_prefill_rows``, default L)                          |
 | decoder_nocross | the same two profiles without rows and slow tokens                              |
+
+One set of engines serves every video of 1..``max_frames`` frames (the frame count is data:
+the pooling matrices, see :mod:`slowfast_trt.models.slowfast.specs`); "opt frames" is the
+export's default frame count, the shapes TensorRT tunes its kernels for. A stream encodes one
+frame at a time (vision, projector and slow K/V at N = 1 frame, which every profile covers).
 
 Profile 0 of the decoders covers every call with the past as the cache's valid prefix
 (seq 1..R), so a runtime that never switches profiles still runs decode steps. Profile 1 is
@@ -127,18 +133,36 @@ def profile_shapes(spec: S.SubgraphSpec, name: str, dims: Mapping[str, tuple[int
 
 
 def slow_token_counts(specs: Mapping[str, S.SubgraphSpec], frames: int, frame_counts=None) -> tuple[int, int, int]:
-    """(min, opt, max) slow tokens over the supported frame counts (default: the export's).
+    """(min, opt, max) slow tokens: one frame's (a stream appends a frame at a time), ``frames``
+    frames' (opt) and the most over ``frame_counts`` (default every count the export serves)."""
+    video, image = specs[S.PROJECTOR].dim_range("tokens_per_frame")
+    max_frames = specs[S.VISION].dim_range("frames")[1]
+    counts = sorted(set(frame_counts or range(1, max_frames + 1)))
+    if counts[0] < 1:
+        raise ValueError(f"frame counts must be >= 1, got {counts}")
 
-    Videos of T > 1 frames give T x (slow tokens per frame); that rate is read from the
-    pooler spec of the export (``frames`` frames).
-    """
-    slow = specs[S.POOLER].outputs[0].shape[0]
-    counts = sorted(set(frame_counts or (frames,)))
-    if counts[0] < 2 and counts != [frames]:
-        raise ValueError(f"frame counts must be >= 2 (videos; single images are pooled differently), got {counts}")
-    per_frame = slow // frames
-    values = [slow if f == frames else f * per_frame for f in counts]
-    return min(values), slow if frames in counts else values[-1], max(values)
+    def tokens(f: int) -> int:
+        return image if f == 1 else f * video
+
+    return min(video, image), tokens(min(max(frames, 1), counts[-1])), max(tokens(f) for f in counts)
+
+
+def _frame_dims(specs: Mapping[str, S.SubgraphSpec], opt_frames: int) -> dict[str, tuple[int, int, int]]:
+    """(min, opt, max) of the projector's and fast_pool's dims, tuned for ``opt_frames`` frames
+    (opt fast frames: ``min(opt frames, the most fast frames)``, exact for the released
+    configs; opt only steers kernel tuning)."""
+    pool = specs[S.FAST_POOL]
+    max_frames = pool.dim_range("frames")[1]
+    opt = min(max(opt_frames, 1), max_frames)
+    video, image = pool.dim_range("tokens_per_frame")
+    fast_video, fast_image = pool.dim_range("fast_tokens_per_frame")
+    fast_frames = pool.dim_range("fast_frames")[1]
+    return {
+        "frames": (1, opt, max_frames),
+        "tokens_per_frame": (video, image if opt == 1 else video, image),
+        "fast_frames": (1, min(opt, fast_frames), fast_frames),
+        "fast_tokens_per_frame": (fast_video, fast_image if opt == 1 else fast_video, fast_image),
+    }
 
 
 def decoder_profiles(spec: S.SubgraphSpec, max_seq_len: int, fast_tokens: int, slow: tuple[int, int, int],
@@ -171,27 +195,36 @@ def plan_engines(
     max_prefill_rows: int | None = None,
     include_nocross: bool = True,
     workspace_bytes: int | None = None,
+    opt_frames: int | None = None,
 ) -> dict[str, BuildSettings]:
-    """Build settings of every ONNX subgraph of an export (module tables).
+    """Build settings of every ONNX subgraph of an export for 1..``frames`` frames (module tables).
 
     TensorRT reserves each context's activation memory for its profiles' max shapes, so on
     Jetson bound them: ``vision_batch`` (most frames per vision call, the runtime's
-    ``vision_batch``; default all ``frames``, e.g. 8 on Orin NX), ``max_prefill_rows`` (rows
-    of one prefill call; default ``max_seq_len``; fast tokens + 512 covers a video prompt)
-    and ``include_nocross=False`` (no ``decoder_nocross`` engine: it would hold a second copy
-    of the decoder weights; the runtime then runs every step on ``decoder``).
+    ``vision_batch``; default all ``frames``, e.g. 8 on Orin NX), ``frame_counts`` (the frame
+    counts whose slow tokens the slow_kv and decoder engines must take; default every count
+    1..``frames``), ``max_prefill_rows`` (rows of one prefill call; default ``max_seq_len``;
+    fast tokens + 512 covers a video prompt) and ``include_nocross=False`` (no
+    ``decoder_nocross`` engine: it would hold a second copy of the decoder weights; the runtime
+    then runs every step on ``decoder``). ``opt_frames``: the frame count the kernels are tuned
+    for (default ``frames``; the export's default frame count).
     """
     batch = vision_batch or frames
     if not 1 <= batch <= frames:
-        raise ValueError(f"vision_batch must be in [1, {frames}] (the export's frames), got {vision_batch}")
-    slow = slow_token_counts(specs, frames, frame_counts)
-    fast = specs[S.POOLER].outputs[1].shape[0]
+        raise ValueError(f"vision_batch must be in [1, {frames}] (the export's max frames), got {vision_batch}")
+    opt = opt_frames or frames
+    slow = slow_token_counts(specs, opt, frame_counts)
+    frame_dims = _frame_dims(specs, opt)
+    fast = min(frame_dims["fast_frames"][1] * frame_dims["fast_tokens_per_frame"][1], max_seq_len)
     plans = {}
     for name, spec in specs.items():
         if not spec.is_onnx or (name == S.DECODER_NOCROSS and not include_nocross):
             continue
         if name == S.VISION:
-            profiles = (profile_shapes(spec, "default", {"frames": (1, batch, batch)}),)
+            profiles = (profile_shapes(spec, "default", {"frames": (1, min(batch, opt), batch)}),)
+        elif name in (S.PROJECTOR, S.FAST_POOL):
+            dims = {d: frame_dims[d] for d, _, _ in spec.dims}
+            profiles = (profile_shapes(spec, "default", dims),)
         elif name == S.SLOW_KV:
             profiles = (profile_shapes(spec, "default", {"slow_tokens": slow}),)
         elif name in (S.DECODER, S.DECODER_NOCROSS):
@@ -300,7 +333,7 @@ def folder_inputs(directory: str | Path) -> dict[str, Any]:
     """What :func:`.trt_build.build_engines` needs, read from an export folder made elsewhere
     (e.g. exported with ``--onnx-only`` on a workstation, engines built on the Jetson): the
     specs (rebuilt from ``config.json`` and the manifest), the parser files, precision,
-    frames and max_seq_len."""
+    frames (the most the export serves), opt_frames (its default count) and max_seq_len."""
     from slowfast_trt.models.slowfast.config import SlowFastConfig
     from slowfast_trt.export.manifest import load_manifest
 
@@ -308,13 +341,13 @@ def folder_inputs(directory: str | Path) -> dict[str, Any]:
     manifest = load_manifest(directory)
     precision = normalize_precision(str(manifest["precision"]))
     config = SlowFastConfig.from_file(directory / "config.json")
-    frames, length = int(manifest["frames"]), int(manifest["max_seq_len"])
+    frames, length = int(manifest.get("max_frames", manifest["frames"])), int(manifest["max_seq_len"])
     dtype = precision_settings(S.DECODER, precision)["onnx_dtype"]
     specs = S.subgraph_specs(config, dtype, frames, length, vocab_rows=manifest.get("vocab_rows"))
     subgraphs = manifest["subgraphs"]
     trt_files = {n: subgraphs[n].get("trt_file", subgraphs[n]["file"]) for n in specs if n in subgraphs and specs[n].is_onnx}
     return {"manifest": manifest, "specs": specs, "trt_files": trt_files, "precision": precision,
-            "frames": frames, "max_seq_len": length}
+            "frames": frames, "opt_frames": int(manifest["frames"]), "max_seq_len": length}
 
 
 def record_engines(directory: str | Path, manifest: dict, engines: Mapping[str, str]) -> dict:

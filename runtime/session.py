@@ -26,17 +26,13 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Iterator
 
-import numpy as np
 import torch
 
-from slowfast_trt.models.slowfast.config import SlowFastConfig
-from slowfast_trt.preprocess import resize_and_center_crop
 from slowfast_trt.prompt import (
     DEFAULT_SYSTEM,
     VIDEO_TOKEN_ID,
     ChatTurn,
     Conversation,
-    PromptTokens,
     stop_token_ids,
     tokenize_prompt,
 )
@@ -49,9 +45,9 @@ from slowfast_trt.models.slowfast.sequence import (
     prefill_attend_mask,
 )
 from slowfast_trt.detokenize import TextStream
-from slowfast_trt.runtime.engine import Engine
 from slowfast_trt.runtime.decoder_runner import DecoderRunner
-from slowfast_trt.runtime.kv_cache import KVCache, KVCacheSpec, slow_kv_names
+from slowfast_trt.runtime.encoder import RuntimeModel, VideoState, check_frames
+from slowfast_trt.runtime.kv_cache import KVCache
 
 __all__ = [
     "RuntimeModel",
@@ -113,136 +109,6 @@ def sampling_params(**sampling) -> SamplingParams:
 
 def _ms(start: float) -> float:
     return (time.perf_counter() - start) * 1e3
-
-
-class VideoState:
-    """An encoded video: fast tokens for the prompt and the slow K/V of every hybrid layer."""
-
-    def __init__(self, fast, slow, slow_keys, slow_values, frames: int, timings_ms: dict[str, float]):
-        self.fast = fast  # (Nf, hidden)
-        self.slow = slow  # (1, Ns, hidden), kept for the benchmark's recompute baseline
-        self.slow_keys = list(slow_keys)  # per hybrid layer (1, Hkv, Ns, D)
-        self.slow_values = list(slow_values)
-        self.slow_lengths = torch.full((1,), int(slow.shape[1]), dtype=torch.int32, device=slow.device)
-        self.frames = frames
-        self.timings_ms = timings_ms
-
-    @property
-    def num_fast(self) -> int:
-        return int(self.fast.shape[0])
-
-    @property
-    def num_slow(self) -> int:
-        return int(self.slow.shape[1])
-
-    def recompute_slow_kv(self, model: "RuntimeModel") -> None:
-        """Run the slow K/V projection again into the same buffers (what upstream does per step)."""
-        names = slow_kv_names(len(self.slow_keys))
-        outputs = {}
-        for (k_name, v_name), k, v in zip(names, self.slow_keys, self.slow_values):
-            outputs[k_name], outputs[v_name] = k, v
-        model.engines["slow_kv"].run({"slow_tokens": self.slow}, outputs=outputs)
-
-    @property
-    def released(self) -> bool:
-        return self.fast is None
-
-    def release(self) -> None:
-        self.fast = self.slow = None
-        self.slow_keys, self.slow_values = [], []
-
-
-@dataclass
-class RuntimeModel:
-    """What generation needs besides per-conversation state: engines, embeddings, sizes.
-
-    ``embed_table`` (vocab_rows, hidden) may stay on the host (the exported table is a
-    memory-mapped file): rows are gathered where it lives and moved to ``device``.
-    """
-
-    engines: dict[str, Engine]
-    config: SlowFastConfig
-    tokenizer: object
-    embed_table: torch.Tensor
-    max_seq_len: int
-    frames: int | None  # the engines' fixed frame count; None: any (torch backend)
-    backend: str
-    device: torch.device
-    dtype: torch.dtype
-    vision_batch: int | None = None  # frames per vision call (bounds activation memory); None: all
-
-    def synchronize(self) -> None:
-        self.engines["decoder"].synchronize()
-
-    def kv_spec(self, max_len: int | None = None) -> KVCacheSpec:
-        text = self.config.text
-        return KVCacheSpec(text.num_layers, text.num_kv_heads, text.head_dim, max_len or self.max_seq_len,
-                           self.dtype, self.device)
-
-    def embed_ids(self, ids) -> torch.Tensor:
-        table = self.embed_table
-        rows = table.index_select(0, torch.as_tensor(ids, dtype=torch.long, device=table.device))
-        return rows.to(device=self.device, dtype=self.dtype)
-
-    def embed_rows(self, prompt: PromptTokens, layout: SequenceLayout, video: VideoState | None, start: int):
-        """(1, L, hidden) embeddings of the prompt rows ``start ..`` (text ids and fast tokens merged)."""
-        pieces = []
-        before = prompt.text_ids_before
-        if start < len(before):
-            pieces.append(self.embed_ids(before[start:]))
-        if prompt.video_index is not None:
-            if video is None:
-                raise ValueError("prompt has a video placeholder but no video was encoded")
-            video_end = layout.before + layout.num_fast
-            if start < video_end:
-                pieces.append(video.fast[max(0, start - layout.before):].to(self.dtype))
-            after = prompt.text_ids_after[max(0, start - video_end):]
-            if after:
-                pieces.append(self.embed_ids(after))
-        return torch.cat(pieces)[None]
-
-    def encode_frames(self, frames: np.ndarray, timings: dict[str, float]) -> VideoState:
-        """uint8 (T, H, W, 3) frames -> :class:`VideoState`: crop, vision, pooler, slow K/V once."""
-        check_frames(frames, self.frames)
-        start = time.perf_counter()
-        crop = resize_and_center_crop(frames, self.config.visual.image_size)
-        timings["preprocess_ms"] = _ms(start)
-        pixels = torch.from_numpy(crop).to(self.device)
-        stages = {}
-        for stage, run in (("vision", lambda: self._vision(pixels)),
-                           ("pooler", lambda: self.engines["pooler"].run({"features": stages["vision"]["features"]})),
-                           ("slow_kv", lambda: self.engines["slow_kv"].run(
-                               {"slow_tokens": _batched(stages["pooler"]["slow_tokens"])}))):
-            start = time.perf_counter()
-            stages[stage] = run()
-            self.engines[stage].synchronize()
-            timings[f"{stage}_ms"] = _ms(start)
-        names = slow_kv_names(len(self.config.cross_attn.hybrid_layers))
-        out = stages["slow_kv"]
-        fast = stages["pooler"]["fast_tokens"]
-        return VideoState(
-            fast.reshape(-1, fast.shape[-1]), _batched(stages["pooler"]["slow_tokens"]),
-            [out[k] for k, _ in names], [out[v] for _, v in names], int(frames.shape[0]), timings,
-        )
-
-
-    def _vision(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The vision tower over all frames, or over chunks of ``vision_batch`` frames written
-        into one features tensor (frames are independent; chunks bound the activations)."""
-        engine, batch, total = self.engines["vision"], self.vision_batch, int(pixels.shape[0])
-        if not batch or batch >= total:
-            return engine.run({"frames": pixels})
-        first = engine.run({"frames": pixels[:batch]})["features"]
-        features = torch.empty((total, *first.shape[1:]), dtype=first.dtype, device=first.device)
-        features[:batch].copy_(first)
-        for start in range(batch, total, batch):
-            chunk = pixels[start:start + batch]
-            engine.run({"frames": chunk}, outputs={"features": features[start:start + len(chunk)]})
-        return {"features": features}
-
-
-def _batched(slow: torch.Tensor) -> torch.Tensor:
-    return slow[None] if slow.dim() == 2 else slow
 
 
 @dataclass
@@ -340,6 +206,19 @@ class VideoSession:
         """Forget the conversation but keep the video; the cached system and video rows stay reusable."""
         self._check_open()
         self._conversation = Conversation(system=self._conversation.system, has_video=self._video is not None)
+
+    def _replace_video(self, video: VideoState) -> None:
+        """Ask about ``video`` from now on (a stream's window changed). The conversation is kept;
+        no cached row is (every row may cross-attend to the old video), so the next question
+        prefills from the start. The old video is released when this session owned it."""
+        self._check_open()
+        old, self._video = self._video, video
+        if old is not None and old is not video and self._owns_video:
+            old.release()
+        self._rows = []
+        self._kv.rollback(0)
+        self._video_timings_pending = True
+        self._runner.forget_released()
 
     def close(self) -> None:
         """Free the encoded video (if this session encoded it) and give the KV cache back; idempotent."""
@@ -475,17 +354,4 @@ class VideoSession:
             reused_rows=turn.reused_rows,
             backend=self._model.backend,
             history_note=note,
-        )
-
-
-def check_frames(frames: np.ndarray, expected: int | None) -> None:
-    """A frame array must be uint8 (T, H, W, 3) with exactly the engines' frame count."""
-    if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-        desc = f"{frames.dtype} {frames.shape}" if isinstance(frames, np.ndarray) else type(frames).__name__
-        raise ValueError(f"video frames must be a uint8 array of shape (T, H, W, 3), got {desc}")
-    if expected is not None and frames.shape[0] != expected:
-        raise ValueError(
-            f"video has {frames.shape[0]} frames but the engines were exported for exactly {expected} "
-            f"(the pooler has a fixed frame count); pass a video file to sample {expected} frames, "
-            f"or export engines with --frames {frames.shape[0]}"
         )

@@ -15,10 +15,16 @@ Usage::
         session.ask("What happens?")
         session.ask("And then?")                      # prefills only the new turn
 
+    with rt.open_stream(window=32) as stream:         # a live window: frames pushed as they come
+        stream.push(frame)                            # vision, pooling and slow K/V of this frame now
+        stream.ask("What is happening now?")          # fast pooling + prefill only
+
 ``backend="torch"`` runs the checkpoint's own modules eagerly (the reference semantics,
-token for token). Export folders come from ``python -m slowfast_trt.export``; their pooler
-is built for one frame count, so the runtime samples exactly that many frames from a file
-and rejects a frame array of another length. ``video=None`` asks a text-only question.
+token for token). Export folders come from ``python -m slowfast_trt.export``; one export
+serves every frame count from 1 to its ``max_frames`` (a file is sampled at the export's
+default count unless ``frames=`` says otherwise). ``video`` is a path, frames in memory (a
+uint8 (T, H, W, 3) array, a torch tensor on CPU or CUDA, a DLPack array, PIL images; see
+:mod:`slowfast_trt.frames`), or None for a text-only question.
 """
 
 from __future__ import annotations
@@ -37,20 +43,16 @@ from slowfast_trt.detokenize import TextStream
 from slowfast_trt.prompt import DEFAULT_SYSTEM, Conversation
 from slowfast_trt.export.rebuild import rebuild_engines, reexport
 from slowfast_trt.runtime.decoder_runner import DecoderRunner
-from slowfast_trt.runtime.session import (
-    RuntimeModel,
-    RuntimeResult,
-    VideoSession,
-    VideoState,
-    check_frames,
-    sampling_params,
-)
+from slowfast_trt.frames import is_frame_input
+from slowfast_trt.runtime.encoder import RuntimeModel, VideoState, check_frame_count, check_frames
+from slowfast_trt.runtime.session import RuntimeResult, VideoSession, sampling_params
 from slowfast_trt.models.slowfast.sequence import check_decode_mode
-from slowfast_trt.video import VideoFrames, is_image_path, load_image, load_video
+from slowfast_trt.video import is_image_path, load_image, load_video
 
 __all__ = ["BACKENDS", "SlowFastRuntime", "load_checkpoint", "load_export"]
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
+_ENGINES = ("vision", "projector", "fast_pool", "slow_kv", "decoder")  # every export has these
 _TORCH_DEFAULT_MAX_SEQ_LEN = 8192
 _REBUILD = reexport()
 
@@ -67,7 +69,7 @@ class SlowFastRuntime:
         self._model = model
         self._runner = DecoderRunner(model, decode_steps)
         self.decode_mode = check_decode_mode(decode_mode)
-        self.default_frames = model.frames or default_frames or model.config.training_frames
+        self.default_frames = default_frames or model.config.training_frames
         self.source = source
         self._spare_caches: list = []  # at most one KV cache kept for reuse
 
@@ -89,10 +91,11 @@ class SlowFastRuntime:
             device: ``cpu``, ``cuda``, ``cuda:N``; default CUDA when the backend can use it.
             decode_mode: ``upstream`` (generated tokens do not cross-attend, as upstream
                 generates) or ``attend`` (they attend to the cached slow K/V).
-            dtype, frames, max_seq_len: for a checkpoint, the weight dtype (default
-                float32), the frames sampled per video (default: the checkpoint's training
-                frames) and the KV-cache length (default min(8192, max_position_embeddings));
-                an export fixes all three, and a different value is an error.
+            dtype, frames, max_seq_len: the weight dtype (default float32), the frames
+                sampled from a video file (default: the checkpoint's training frames, or the
+                export's default count) and the KV-cache length (default min(8192,
+                max_position_embeddings)); an export fixes dtype and max_seq_len (a different
+                value is an error) and serves 1..its max_frames frames.
             threads: ONNX Runtime intra-op threads (default: its own choice).
             checkpoint: export folders only: also check that the folder was exported from
                 this checkpoint (its fingerprint is in the manifest).
@@ -112,13 +115,17 @@ class SlowFastRuntime:
         # A folder with ONNX graphs but no manifest is a broken export, not a checkpoint.
         looks_exported = path.is_dir() and ((path / "manifest.json").is_file() or any(path.glob("*.onnx")))
         if looks_exported or backend in ("tensorrt", "onnxruntime"):
-            model = load_export(path, backend, device, threads, checkpoint)
-            fixed = {"dtype": str(model.dtype).replace("torch.", ""), "frames": model.frames, "max_seq_len": model.max_seq_len}
-            for name, value in (("dtype", dtype), ("frames", frames), ("max_seq_len", max_seq_len)):
+            model, export_frames = load_export(path, backend, device, threads, checkpoint)
+            fixed = {"dtype": str(model.dtype).replace("torch.", ""), "max_seq_len": model.max_seq_len}
+            for name, value in (("dtype", dtype), ("max_seq_len", max_seq_len)):
                 if value is not None and value != fixed[name]:
                     raise ValueError(f"{name}={value!r}, but the export folder {path} was built with {name} {fixed[name]}")
-            model.vision_batch = vision_batch
-            return cls(model, decode_mode, source=str(path), decode_steps=decode_steps)
+            if frames is not None:
+                _check_count(frames)
+                check_frame_count(frames, model.max_frames, f"the engines in {path}")
+            model.vision_batch = vision_batch or _engine_vision_batch(path, model)
+            return cls(model, decode_mode, default_frames=frames or export_frames, source=str(path),
+                       decode_steps=decode_steps)
         model, default_frames = load_checkpoint(source, backend, device, dtype or "float32", max_seq_len)
         model.vision_batch = vision_batch
         return cls(model, decode_mode, default_frames=frames or default_frames, source=str(source),
@@ -136,8 +143,14 @@ class SlowFastRuntime:
 
     @property
     def frames(self) -> int | None:
-        """The engines' fixed frame count, or None when any count works (torch backend)."""
-        return self._model.frames
+        """None: every frame count works, 1..:attr:`max_frames` (kept for callers that asked
+        for an export's fixed count; exports had one before manifest format 3)."""
+        return None
+
+    @property
+    def max_frames(self) -> int | None:
+        """The most frames per video the engines serve (None: any, torch backend)."""
+        return self._model.max_frames
 
     @property
     def max_seq_len(self) -> int:
@@ -154,7 +167,8 @@ class SlowFastRuntime:
     def info(self) -> dict[str, Any]:
         return {
             "backend": self.backend, "device": str(self.device), "dtype": str(self._model.dtype).replace("torch.", ""),
-            "frames": self.frames, "default_frames": self.default_frames, "max_seq_len": self.max_seq_len,
+            "frames": self.frames, "default_frames": self.default_frames, "max_frames": self.max_frames,
+            "max_seq_len": self.max_seq_len,
             "decode_mode": self.decode_mode, "decode_steps": self._runner.decode_steps, "source": self.source,
         }
 
@@ -184,8 +198,10 @@ class SlowFastRuntime:
         """Decode and encode a video once (fast tokens, slow K/V) for any number of sessions.
 
         ``video``: a path (decoded with :func:`slowfast_trt.video.load_video`, ``sampling``,
-        ``fps``, ``start_s``, ``end_s`` as there, at the engines' frame count or ``frames``
-        for torch), a uint8 (T, H, W, 3) array or ``VideoFrames``.
+        ``fps``, ``start_s``, ``end_s`` as there, ``frames`` frames, default
+        :attr:`default_frames`), or frames in memory (:mod:`slowfast_trt.frames`: a uint8
+        (T, H, W, 3) array, a torch tensor on CPU or CUDA, a DLPack array, PIL images,
+        ``VideoFrames``), 1..:attr:`max_frames` of them.
         """
         timings: dict[str, float] = {}
         array = self._frames_of(video, frames, timings, sampling=sampling, fps=fps, start_s=start_s, end_s=end_s)
@@ -234,25 +250,21 @@ class SlowFastRuntime:
         return sampling_params(**sampling)
 
     def _frame_count(self, frames: int | None) -> int:
-        if frames is not None and (isinstance(frames, bool) or not isinstance(frames, int) or frames < 1):
-            raise ValueError(f"frames must be an integer >= 1, got {frames!r}")
-        fixed = self._model.frames
-        if fixed is not None:
-            if frames is not None and frames != fixed:
-                raise ValueError(f"frames={frames}, but the engines in {self.source} were exported for exactly {fixed} frames")
-            return fixed
-        return frames or self.default_frames
+        if frames is not None:
+            _check_count(frames)
+        count = frames or min(self.default_frames, self._model.max_frames or self.default_frames)
+        check_frame_count(count, self._model.max_frames, f"the engines in {self.source}")
+        return count
 
-    def _frames_of(self, video, frames: int | None, timings: dict, **video_kwargs) -> np.ndarray:
-        if isinstance(video, VideoFrames):
-            video = video.frames
-        if isinstance(video, np.ndarray):
-            if frames is not None and video.ndim == 4 and video.shape[0] != frames:
-                raise ValueError(f"frames={frames}, but the frame array holds {video.shape[0]} frames")
-            check_frames(video, self._model.frames)
+    def _frames_of(self, video, frames: int | None, timings: dict, **video_kwargs):
+        if is_frame_input(video):
+            count = check_frames(video, self._model.max_frames)
+            if frames is not None and count != frames:
+                raise ValueError(f"frames={frames}, but the frame array holds {count} frames")
             return video
         if not isinstance(video, (str, os.PathLike)):
-            raise ValueError(f"video must be a path, a uint8 (T, H, W, 3) array, VideoFrames or None, got {type(video).__name__}")
+            raise ValueError("video must be a path, frames in memory (a uint8 (T, H, W, 3) array or tensor, a DLPack "
+                             f"array, PIL images, VideoFrames) or None, got {type(video).__name__}")
         count = self._frame_count(frames)
         start = time.perf_counter()
         if is_image_path(video):
@@ -260,7 +272,6 @@ class SlowFastRuntime:
         else:
             clip = load_video(video, count, **video_kwargs)
         timings["video_decode_ms"] = _ms(start)
-        check_frames(clip.frames, self._model.frames)
         return clip.frames
 
     def _acquire_cache(self):
@@ -310,14 +321,15 @@ def load_checkpoint(source, backend: str, device, dtype: str, max_seq_len: int |
         raise ValueError(f"max_seq_len must be an integer in [2, {limit}] (max_position_embeddings), got {length!r}")
     runtime_model = RuntimeModel(
         engines=torch_engines(model), config=model.config, tokenizer=tokenizer,
-        embed_table=model.embed_tokens.weight.detach(), max_seq_len=length, frames=None, backend="torch",
+        embed_table=model.embed_tokens.weight.detach(), max_seq_len=length, max_frames=None, backend="torch",
         device=model.device, dtype=model.dtype,
     )
     return runtime_model, model.config.training_frames
 
 
-def load_export(path: Path, backend: str, device, threads: int | None, checkpoint) -> RuntimeModel:
-    """An export folder run by TensorRT or ONNX Runtime, after checking it is whole and ours."""
+def load_export(path: Path, backend: str, device, threads: int | None, checkpoint) -> tuple[RuntimeModel, int]:
+    """An export folder run by TensorRT or ONNX Runtime, after checking it is whole and ours;
+    returns the model and the export's default frame count."""
     from slowfast_trt._version import __version__
     from slowfast_trt.models.slowfast.checkpoint import resolve_checkpoint
     from slowfast_trt.models.slowfast.config import SlowFastConfig
@@ -341,8 +353,10 @@ def load_export(path: Path, backend: str, device, threads: int | None, checkpoin
     dtype = torch_dtype(manifest.get("dtype", "float32"))
     engines = _open_engines(path, manifest, backend, device, threads)
     embed = _embed_table(path / manifest["subgraphs"]["embed"]["file"], dtype)
-    return RuntimeModel(engines, config, tokenizer, embed, int(manifest["max_seq_len"]), int(manifest["frames"]),
-                        backend, device, dtype)
+    max_frames = int(manifest.get("max_frames", manifest["frames"]))
+    model = RuntimeModel(engines, config, tokenizer, embed, int(manifest["max_seq_len"]), max_frames, backend, device,
+                         dtype)
+    return model, int(manifest["frames"])
 
 
 def _check_files(path: Path, manifest: dict) -> None:
@@ -355,7 +369,7 @@ def _check_files(path: Path, manifest: dict) -> None:
                 f"{path}: {name} has {file.stat().st_size} bytes, manifest.json says {size} "
                 f"(the folder changed after export); {_REBUILD}"
             )
-    for name in ("vision", "pooler", "slow_kv", "decoder", "embed"):
+    for name in _ENGINES + ("embed",):
         if name not in manifest["subgraphs"]:
             raise ValueError(f"{path}: manifest.json lists no {name} subgraph; {_REBUILD}")
 
@@ -410,7 +424,7 @@ def _pick_device(backend: str, device) -> torch.device:
 
 
 def _open_engines(path: Path, manifest: dict, backend: str, device: torch.device, threads: int | None) -> dict:
-    names = ["vision", "pooler", "slow_kv", "decoder"]
+    names = list(_ENGINES)
     subgraphs = manifest["subgraphs"]
     if "decoder_nocross" in subgraphs:
         names.append("decoder_nocross")
@@ -418,7 +432,7 @@ def _open_engines(path: Path, manifest: dict, backend: str, device: torch.device
         from slowfast_trt.runtime.trt_engine import TrtEngine, check_engine_folder, with_decode_context
 
         files = manifest["engines"]
-        missing = [n for n in names[:4] if n not in files]
+        missing = [n for n in _ENGINES if n not in files]
         if missing:
             raise ValueError(f"{path}: the manifest lists no TensorRT engine for {', '.join(missing)}; {rebuild_engines(path)}")
         check_engine_folder(path, device)  # before deserializing: another TensorRT or GPU -> "rebuild"
@@ -436,6 +450,25 @@ def _open_engines(path: Path, manifest: dict, backend: str, device: torch.device
         if sorted(listed) != sorted(found):
             raise ValueError(f"{path}: {name} graph tensors {sorted(found)} differ from the manifest's; {_REBUILD}")
     return engines
+
+
+def _check_count(frames) -> None:
+    if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
+        raise ValueError(f"frames must be an integer >= 1, got {frames!r}")
+
+
+def _engine_vision_batch(path: Path, model: RuntimeModel) -> int | None:
+    """TensorRT: the vision engine's largest batch (its profile's max), so the runtime chunks
+    the frames by it; None for the other backends (any batch)."""
+    import json
+
+    if model.backend != "tensorrt":
+        return None
+    try:
+        entry = json.loads((path / "engines.json").read_text(encoding="utf-8"))["engines"]["vision"]
+        return int(entry["profiles"][0]["shapes"]["frames"]["max"][0])
+    except (OSError, KeyError, IndexError, TypeError, ValueError):
+        return None
 
 
 def _embed_table(file: Path, dtype: torch.dtype) -> torch.Tensor:

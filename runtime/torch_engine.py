@@ -7,13 +7,17 @@ with the same input and output names, so the runtime drives every backend identi
 | engine   | inputs                                              | outputs                          |
 |----------|-----------------------------------------------------|----------------------------------|
 | vision   | frames (T, S, S, 3) uint8, resized and cropped      | features (T, n, C_vis)           |
-| pooler   | features (T, n, C_vis)                              | slow_tokens (Ns, hid), fast_tokens (Nf, hid) |
+| projector| features (N, n, C_vis), grid_pool (n', n)          | frame_tokens (N, n', hid)        |
+| fast_pool| frame_tokens (T, n', hid), temporal_pool, spatial_pool | fast_tokens (F, n'', hid)     |
 | slow_kv  | slow_tokens (1, Ns, hidden)                         | slow_key_j, slow_value_j (1, Hkv, Ns, D) |
 | decoder  | see ``slowfast_trt.export.specs`` and ``.qwen2``     | logits (1, vocab), new_key_i, new_value_i |
 
-Names are those of :mod:`slowfast_trt.export.specs`. Unlike the exported pooler, these engines
+Names are those of :mod:`slowfast_trt.export.specs`. Like the exported graphs these engines
 take any frame count, and one ``decoder`` serves prefill and every decode step (with no
-attending row it is bit-exact to the exported ``decoder_nocross``).
+attending row it is bit-exact to the exported ``decoder_nocross``). ``projector`` and
+``fast_pool`` run the model's own pooling (``avg_pool2d``, ``avg_pool3d``, adaptive pooling:
+the reference's numbers, bit for bit); the pooling matrices the graphs take as data only say
+which branch (image or video) and the output shape here.
 The vision engine normalises on the host with :func:`slowfast_trt.preprocess.normalize`,
 exactly the arithmetic the reference uses, so token ids match the reference bit for bit.
 """
@@ -25,7 +29,7 @@ from typing import Callable, Mapping
 import torch
 
 from slowfast_trt.models.slowfast import specs as S
-from slowfast_trt.models.slowfast.visual_tokens import encode_visual_tokens
+from slowfast_trt.models.slowfast.visual_tokens import pool_grid, split_slow_fast
 from slowfast_trt.models.slowfast.model import SlowFastModel
 from slowfast_trt.preprocess import normalize
 from slowfast_trt.runtime.engine import Engine, TensorInfo, check_feeds, check_output_buffer, dtype_name
@@ -78,9 +82,14 @@ def _stage_functions(model: SlowFastModel) -> dict:
         pixels = torch.from_numpy(normalize(frames.cpu().numpy())).to(dev)
         return {"features": model.vision(pixels.to(model.dtype))}
 
-    def pooler(features):
-        slow, fast = encode_visual_tokens(features, model.projector, cfg.visual)
-        return {"slow_tokens": slow, "fast_tokens": fast}
+    def projector(features, grid_pool):
+        projected = model.projector(features)
+        video = int(grid_pool.shape[0]) != int(projected.shape[1])  # an image's grid_pool is the identity
+        return {"frame_tokens": pool_grid(projected, cfg.visual.video_pooling_stride if video else 1)}
+
+    def fast_pool(frame_tokens, temporal_pool, spatial_pool):
+        _, fast = split_slow_fast(frame_tokens, cfg.visual)
+        return {"fast_tokens": fast.reshape(int(temporal_pool.shape[0]), int(spatial_pool.shape[0]), -1)}
 
     def slow_kv(slow_tokens):
         keys, values = model.decoder.slow_kv(slow_tokens)
@@ -104,22 +113,20 @@ def _stage_functions(model: SlowFastModel) -> dict:
             out[f"new_key_{i}"], out[f"new_value_{i}"] = new_keys[i], new_values[i]
         return out
 
-    return {"vision": vision, "pooler": pooler, "slow_kv": slow_kv, "decoder": decoder}
+    return {"vision": vision, "projector": projector, "fast_pool": fast_pool, "slow_kv": slow_kv, "decoder": decoder}
 
 
 def torch_engines(model: SlowFastModel) -> dict[str, TorchEngine]:
-    """The four stages of ``model`` as engines (any frame count; sequence length up to the caller).
+    """The stages of ``model`` as engines (any frame count; sequence length up to the caller).
 
-    Tensor descriptions come from the export specs; the pooler's are symbolic in the frame
-    count here because the eager pooler takes any.
+    Tensor descriptions come from the export specs (symbolic in the frame count).
     """
     cfg, dt = model.config, dtype_name(model.dtype)
-    specs = S.subgraph_specs(cfg, dt, frames=1, max_seq_len=2, vocab_rows=model.vocab_rows)
-    hidden, features = cfg.text.hidden_size, specs[S.VISION].outputs
-    pooler_out = (TensorInfo("slow_tokens", dt, ("slow_tokens", hidden)), TensorInfo("fast_tokens", dt, ("fast_tokens", hidden)))
+    specs = S.subgraph_specs(cfg, dt, max_frames=2, max_seq_len=2, vocab_rows=model.vocab_rows)
     infos = {
-        "vision": (_infos(specs[S.VISION].inputs), _infos(features)),
-        "pooler": (_infos(features), pooler_out),
+        "vision": (_infos(specs[S.VISION].inputs), _infos(specs[S.VISION].outputs)),
+        "projector": (_infos(specs[S.PROJECTOR].inputs), _infos(specs[S.PROJECTOR].outputs)),
+        "fast_pool": (_infos(specs[S.FAST_POOL].inputs), _infos(specs[S.FAST_POOL].outputs)),
         "slow_kv": (_infos(specs[S.SLOW_KV].inputs), _infos(specs[S.SLOW_KV].outputs)),
         "decoder": (_infos(specs[S.DECODER].inputs), _infos(specs[S.DECODER].outputs)),
     }

@@ -1,6 +1,6 @@
 """The ONNX subgraphs chained in a minimal loop generate the reference generator's tokens.
 
-vision (uint8 crops) -> pooler -> slow_kv -> prefill (decoder.onnx) -> greedy decode with the
+vision (uint8 crops) -> projector -> fast_pool, slow_kv -> prefill (decoder.onnx) -> greedy decode with the
 KV cache concatenated by hand: ``decoder_nocross.onnx`` in ``upstream`` mode, ``decoder.onnx``
 with one attending row in ``attend`` mode. float32: identical token ids, and the logits of every
 step match the reference's (the tiny random model soon repeats one token, so ids alone would
@@ -27,6 +27,7 @@ from slowfast_trt.models.slowfast.sequence import (
     continuation_attend_mask,
     prefill_attend_mask,
 )
+from slowfast_trt.models.slowfast.visual_tokens import pooling_matrices
 from slowfast_trt.video import load_video
 
 QUESTION = "What is happening in this video?"
@@ -51,11 +52,15 @@ class OnnxPipeline:
         spec = self.specs[name]
         return dict(zip(spec.output_names, self.sessions[name].run(list(spec.output_names), feeds)))
 
-    def encode(self, crops: np.ndarray):
+    def encode(self, crops: np.ndarray, visual):
         features = self.run(S.VISION, frames=crops)["features"]
-        tokens = self.run(S.POOLER, features=features)
-        slow_kv = self.run(S.SLOW_KV, slow_tokens=tokens["slow_tokens"][None])
-        return tokens["fast_tokens"], slow_kv, tokens["slow_tokens"].shape[0]
+        pooling = pooling_matrices(len(crops), visual, features.shape[1])
+        tokens = self.run(S.PROJECTOR, features=features, grid_pool=pooling.grid_pool.numpy())["frame_tokens"]
+        fast = self.run(S.FAST_POOL, frame_tokens=tokens, temporal_pool=pooling.temporal_pool.numpy(),
+                        spatial_pool=pooling.spatial_pool.numpy())["fast_tokens"]
+        slow = tokens.reshape(1, -1, tokens.shape[-1])
+        slow_kv = self.run(S.SLOW_KV, slow_tokens=slow)
+        return fast.reshape(-1, fast.shape[-1]), slow_kv, slow.shape[1]
 
     def _step(self, embeds, start, cache, slow=None, attend=None):
         past_keys, past_values = cache
@@ -83,7 +88,7 @@ class OnnxPipeline:
     def generate(self, reference: ReferenceGenerator, crops: np.ndarray, max_new_tokens: int):
         """Greedy ids and the logits of every step (prefill first)."""
         config = reference.model.config
-        fast, slow_kv, num_slow = self.encode(crops)
+        fast, slow_kv, num_slow = self.encode(crops, config.visual)
         conversation = Conversation(has_video=True)
         conversation.add_question(QUESTION)
         prompt = reference.prompt_for(conversation)

@@ -8,7 +8,6 @@ R = 0 and R = 1), and the no-cross decoder against the decoder without slow toke
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import onnx
@@ -19,8 +18,8 @@ import torch
 from slowfast_trt.models.slowfast import specs as S
 from slowfast_trt.ops.cross_attention.contract import op_schema
 from slowfast_trt.export.onnx_io import INLINE_BYTES
-from slowfast_trt.export.subgraphs import PoolerGraph, export_all, export_pooler
-from slowfast_trt.models.slowfast.visual_tokens import encode_visual_tokens
+from slowfast_trt.export.subgraphs import export_all, export_fast_pool, export_projector
+from slowfast_trt.models.slowfast.visual_tokens import encode_visual_tokens, pooling_matrices
 from slowfast_trt.preprocess import normalize
 from slowfast_trt.models.slowfast.reference import ReferenceGenerator
 from slowfast_trt.models.slowfast.sequence import attend_to_rows
@@ -158,7 +157,7 @@ def _regions(path):
 
 def test_weights_in_one_external_file_per_graph_and_decoders_share_one(fp32):
     for spec in fp32.specs.values():
-        if spec.is_onnx:
+        if spec.is_onnx and spec.data_file:  # fast_pool has no weights
             regions = _regions(fp32.dir / spec.file)
             assert regions and {loc for loc, _, _ in regions.values()} == {spec.data_file}, spec.name
     cross = set(_regions(fp32.dir / "decoder.onnx").values())
@@ -169,7 +168,7 @@ def test_weights_in_one_external_file_per_graph_and_decoders_share_one(fp32):
     assert "/vision/stages.0/blocks.0/conv_dw/Conv" in names  # node names read like the model
 
 
-# ---- vision, pooler, slow K/V -----------------------------------------------------------------
+# ---- vision, projector and fast pooling, slow K/V -----------------------------------------------------------------
 
 
 @pytest.mark.parametrize("which", ["fp32", "fp16"])
@@ -183,51 +182,45 @@ def test_vision(request, which):
         _check(got, want, precision)
 
 
+def _projector_and_fast_pool(exported, features, frames):
+    """frame tokens and fast tokens of ``frames`` frames through projector.onnx and fast_pool.onnx."""
+    pooling = pooling_matrices(frames, exported.model.config.visual, 324)
+    tokens = exported.run(S.PROJECTOR, features=features, grid_pool=pooling.grid_pool)["frame_tokens"]
+    fast = exported.run(S.FAST_POOL, frame_tokens=tokens, temporal_pool=pooling.temporal_pool.numpy(),
+                        spatial_pool=pooling.spatial_pool.numpy())["fast_tokens"]
+    return tokens.reshape(-1, tokens.shape[-1]), fast.reshape(-1, fast.shape[-1])
+
+
 @pytest.mark.parametrize("which", ["fp32", "fp16"])
-def test_pooler(request, which):
+def test_projector_and_fast_pool(request, which):
     exported, precision = _both(request, which)
     model = exported.model
-    features = torch.randn(FRAMES, 324, model.config.visual.mm_hidden_size, generator=torch.Generator().manual_seed(1))
-    features = features.to(model.dtype)
-    got = exported.run(S.POOLER, features=features)
-    with torch.no_grad():
-        slow, fast = encode_visual_tokens(features, model.projector, model.config.visual)
-    _check(got["slow_tokens"], slow, precision)
-    _check(got["fast_tokens"], fast, precision)
+    for frames in (FRAMES, 7, 1):  # one export, any frame count (1: an image, no video pooling)
+        features = torch.randn(frames, 324, model.config.visual.mm_hidden_size, generator=torch.Generator().manual_seed(1))
+        features = features.to(model.dtype)
+        slow_got, fast_got = _projector_and_fast_pool(exported, features, frames)
+        with torch.no_grad():
+            slow, fast = encode_visual_tokens(features, model.projector, model.config.visual)
+        _check(slow_got, slow, precision)
+        _check(fast_got, fast, precision)
 
 
-@pytest.mark.parametrize("ckpt, frames", [("tiny_ckpt", 16), ("tiny_ckpt_pool3d", FRAMES)])
-def test_pooler_other_branches(request, tmp_path, ckpt, frames):
-    """16 frames: adaptive pooling to 16 (identity); pool3d checkpoint at 32 frames: avg_pool3d."""
+@pytest.mark.parametrize("ckpt, frames", [("tiny_ckpt", 16), ("tiny_ckpt_pool3d", FRAMES), ("tiny_ckpt_pool3d", 9)])
+def test_pooling_branches_on_one_export(request, tmp_path, ckpt, frames):
+    """16 frames: adaptive pooling to 16 (identity); pool3d checkpoint at 32 frames: avg_pool3d,
+    at 9 frames adaptive to 4: the same two graphs, exported once for up to 32 frames."""
     model = ReferenceGenerator.load(request.getfixturevalue(ckpt)).model
-    spec = export_pooler(model, tmp_path, "float32", frames, MAX_SEQ)
-    exported = Exported(model, tmp_path, {S.POOLER: spec})
+    specs = {S.PROJECTOR: export_projector(model, tmp_path, "float32", FRAMES, MAX_SEQ),
+             S.FAST_POOL: export_fast_pool(model, tmp_path, "float32", FRAMES, MAX_SEQ)}
+    assert not (tmp_path / "fast_pool.onnx.data").exists()  # no weights, no data file
+    exported = Exported(model, tmp_path, specs)
     features = torch.randn(frames, 324, model.config.visual.mm_hidden_size, generator=torch.Generator().manual_seed(2))
-    got = exported.run(S.POOLER, features=features)
+    slow_got, fast_got = _projector_and_fast_pool(exported, features, frames)
     with torch.no_grad():
         slow, fast = encode_visual_tokens(features, model.projector, model.config.visual)
-    assert got["fast_tokens"].shape[0] == S.fast_token_count(model.config, frames)
-    _check(got["slow_tokens"], slow, "float32")
-    _check(got["fast_tokens"], fast, "float32")
-
-
-def test_static_pooling_matches_eager_for_every_frame_count(fp32):
-    """The pooler's fixed-T gathers and means reproduce sampling + avg_pool3d / adaptive pooling."""
-    base = fp32.model.config.visual
-    variants = [
-        base,
-        dataclasses.replace(base, min_fast_frames=4),
-        dataclasses.replace(base, fast_temporal_sampling_stride=2, min_fast_frames=6),
-        dataclasses.replace(base, fast_spatial_stride=2, fast_temporal_stride=6, min_fast_frames=5),
-    ]
-    projector = torch.nn.Identity()
-    for visual in variants:
-        for frames in list(range(1, 41)) + [64, 96]:
-            features = torch.randn(frames, 324, 8, dtype=torch.float64)
-            want = encode_visual_tokens(features, projector, visual)
-            got = PoolerGraph(projector, visual, frames)(features)
-            for g, w in zip(got, want):
-                torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12, msg=f"{visual} frames={frames}")
+    assert fast_got.shape[0] == S.fast_token_count(model.config, frames)
+    _check(slow_got, slow, "float32")
+    _check(fast_got, fast, "float32")
 
 
 @pytest.mark.parametrize("which", ["fp32", "fp16"])

@@ -85,14 +85,22 @@ def test_fingerprint_rejects_corrupt_header(tmp_path):
 def test_load_manifest_round_trip_and_errors(tmp_path):
     write_manifest(tmp_path, _manifest())
     assert load_manifest(tmp_path) == _manifest()
-    with pytest.raises(ValueError, match="no manifest.json.*rebuild"):
+    with pytest.raises(ValueError, match="no manifest.json.*re-export it"):
         load_manifest(tmp_path / "missing")
     (tmp_path / MANIFEST_NAME).write_text("{not json")
-    with pytest.raises(ValueError, match="corrupt manifest.*rebuild"):
+    with pytest.raises(ValueError, match="corrupt manifest.*re-export it"):
         load_manifest(tmp_path)
     (tmp_path / MANIFEST_NAME).write_text(json.dumps({"format": FORMAT}))
-    with pytest.raises(ValueError, match="lacks package_version.*rebuild"):
+    with pytest.raises(ValueError, match="lacks package_version.*re-export it"):
         load_manifest(tmp_path)
+
+
+def test_an_export_from_before_frame_ranges_says_to_re_export():
+    with pytest.raises(ValueError) as info:
+        check_manifest(_manifest(format=FORMAT - 1), __version__)
+    message = str(info.value)
+    assert "every frame count from 1 to --max-frames" in message and "re-export it: python -m slowfast_trt.export" in message
+    assert "\n" not in message
 
 
 def test_check_manifest_passes_and_names_each_mismatch():
@@ -106,7 +114,7 @@ def test_check_manifest_passes_and_names_each_mismatch():
         (_manifest(), __version__, "sha256:other", "checkpoint sha256:abc, the checkpoint given is sha256:other"),
     ]
     for manifest, version, ckpt_hash, fragment in cases:
-        with pytest.raises(ValueError, match="rebuild") as info:
+        with pytest.raises(ValueError, match="re-export it") as info:
             check_manifest(manifest, version, ckpt_hash=ckpt_hash)
         assert fragment in str(info.value)
 

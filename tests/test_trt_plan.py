@@ -20,8 +20,12 @@ HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 
 
 @pytest.fixture(scope="module")
-def specs(tiny_ckpt):
-    config = SlowFastConfig.from_file(tiny_ckpt / "config.json")
+def config(tiny_ckpt):
+    return SlowFastConfig.from_file(tiny_ckpt / "config.json")
+
+
+@pytest.fixture(scope="module")
+def specs(config):
     return S.subgraph_specs(config, "float16", FRAMES, MAX_SEQ)
 
 
@@ -41,8 +45,8 @@ def _dims(profile: P.Profile, spec: S.SubgraphSpec) -> dict[str, tuple[int, int,
 
 def test_profiles_cover_every_dynamic_input(specs):
     plans = P.plan_engines(specs, "fp16", FRAMES, MAX_SEQ)
-    assert set(plans) == {S.VISION, S.POOLER, S.SLOW_KV, S.DECODER, S.DECODER_NOCROSS}  # not the .npy table
-    assert [len(plans[n].profiles) for n in plans] == [1, 0, 1, 2, 2]
+    assert set(plans) == {S.VISION, S.PROJECTOR, S.FAST_POOL, S.SLOW_KV, S.DECODER, S.DECODER_NOCROSS}  # not the .npy table
+    assert [len(plans[n].profiles) for n in plans] == [1, 1, 1, 1, 2, 2]
     for name, plan in plans.items():
         spec = specs[name]
         dynamic = {t.name for t in spec.inputs if any(isinstance(d, str) for d in t.shape)}
@@ -53,17 +57,27 @@ def test_profiles_cover_every_dynamic_input(specs):
                 assert spec_lo <= lo <= opt <= hi <= spec_hi, (name, profile.name, dim)
 
 
-def test_decoder_has_prefill_and_decode_profiles_in_one_engine(specs):
+def test_frame_range_profiles_cover_one_frame_to_max_frames(specs):
+    """One set of engines for 1..FRAMES frames: a streamed frame, an image and the longest video."""
+    plans = P.plan_engines(specs, "fp16", FRAMES, MAX_SEQ, opt_frames=16)
+    projector = _dims(plans[S.PROJECTOR].profiles[0], specs[S.PROJECTOR])
+    assert projector == {"frames": (1, 16, FRAMES), "tokens_per_frame": (81, 81, 324)}  # 324: an image's grid
+    pool = _dims(plans[S.FAST_POOL].profiles[0], specs[S.FAST_POOL])
+    assert pool["frames"] == (1, 16, FRAMES) and pool["fast_frames"] == (1, 16, 16)
+    assert pool["fast_tokens_per_frame"] == (81, 81, 324)
+
+
+def test_decoder_has_prefill_and_decode_profiles_in_one_engine(specs, config):
     plan = P.plan_engines(specs, "int4-awq", FRAMES, MAX_SEQ)[S.DECODER]
     prefill, decode = (_dims(p, specs[S.DECODER]) for p in plan.profiles)
     assert [p.name for p in plan.profiles] == ["prefill", "decode"]
-    fast = specs[S.POOLER].outputs[1].shape[0]
+    fast = S.fast_token_count(config, FRAMES)
     assert prefill["seq"] == (1, min(fast + P.PROMPT_TEXT_TOKENS, MAX_SEQ), MAX_SEQ)  # profile 0 covers every step
     assert prefill["past"] == (0, 0, MAX_SEQ - 1) and prefill["rows"][0] == 0
     # static decode step: one row over the whole cache, every shape fixed (a CUDA graph replays it)
     assert decode["seq"] == (1, 1, 1) and decode["rows"] == (0, 1, 1) and decode["past"] == (MAX_SEQ,) * 3
-    slow = specs[S.POOLER].outputs[0].shape[0]
-    # Text-only prompts feed one dummy slow token, videos the export's slow tokens.
+    slow = FRAMES * 81
+    # Text-only prompts feed one dummy slow token, videos up to the most frames' slow tokens.
     assert prefill["slow_tokens"] == decode["slow_tokens"] == (1, slow, slow)
 
 
@@ -76,10 +90,11 @@ def test_jetson_bounds_prefill_rows_and_drops_nocross(specs):
 
 
 def test_vision_and_slow_kv_profiles(specs):
-    plans = P.plan_engines(specs, "fp16", FRAMES, MAX_SEQ, vision_batch=8, frame_counts=(16, 32))
+    plans = P.plan_engines(specs, "fp16", FRAMES, MAX_SEQ, vision_batch=8, frame_counts=(16, 32), opt_frames=16)
     assert _dims(plans[S.VISION].profiles[0], specs[S.VISION]) == {"frames": (1, 8, 8)}
-    per_frame = specs[S.POOLER].outputs[0].shape[0] // FRAMES
-    assert _dims(plans[S.SLOW_KV].profiles[0], specs[S.SLOW_KV])["slow_tokens"] == (16 * per_frame, 32 * per_frame, 32 * per_frame)
+    per_frame = 81
+    # min: one streamed frame's tokens; opt: the default frame count's; max: the most frames'
+    assert _dims(plans[S.SLOW_KV].profiles[0], specs[S.SLOW_KV])["slow_tokens"] == (per_frame, 16 * per_frame, 32 * per_frame)
     assert _dims(P.plan_engines(specs, "fp16", FRAMES, MAX_SEQ)[S.VISION].profiles[0], specs[S.VISION])["frames"] == (1, FRAMES, FRAMES)
     with pytest.raises(ValueError, match="vision_batch"):
         P.plan_engines(specs, "fp16", FRAMES, MAX_SEQ, vision_batch=FRAMES + 1)
@@ -168,7 +183,7 @@ def _export_folder(tiny_ckpt, tmp_path, precision="int4-awq"):
     folder.mkdir(parents=True)
     (folder / "config.json").write_text((tiny_ckpt / "config.json").read_text())
     subgraphs = {"decoder": {"file": "decoder.onnx", "trt_file": "decoder.trt.onnx"}, "vision": {"file": "vision.onnx"}}
-    manifest = {"format": 1, "package_version": "x", "source": {}, "precision": precision, "frames": FRAMES,
+    manifest = {"format": 1, "package_version": "x", "source": {}, "precision": precision, "frames": 16, "max_frames": FRAMES,
                 "max_seq_len": MAX_SEQ, "subgraphs": subgraphs, "custom_op": {}, "backend": "onnxruntime", "engines": None}
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder
@@ -178,6 +193,7 @@ def test_engines_for_an_existing_export_folder(tiny_ckpt, tmp_path):
     folder = _export_folder(tiny_ckpt, tmp_path)
     found = P.folder_inputs(folder)
     assert (found["precision"], found["frames"], found["max_seq_len"]) == ("int4-awq", FRAMES, MAX_SEQ)
+    assert found["opt_frames"] == 16
     assert found["specs"][S.DECODER].inputs[0].dtype == "float16"  # int4-awq: fp16 activations
     assert found["trt_files"] == {"decoder": "decoder.trt.onnx", "vision": "vision.onnx"}
     (folder / "decoder.engine").write_bytes(b"\0" * 10)

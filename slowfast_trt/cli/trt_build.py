@@ -29,7 +29,8 @@ def _build(args) -> None:
     engines = build_engines(Path(args.dir), found["trt_files"], found["specs"], precision=found["precision"],
                             frames=found["frames"], max_seq_len=found["max_seq_len"], progress=print,
                             vision_batch=args.vision_batch, max_prefill_rows=args.max_prefill_rows,
-                            include_nocross=not args.no_nocross, workspace_bytes=workspace)
+                            include_nocross=not args.no_nocross, workspace_bytes=workspace,
+                            opt_frames=found["opt_frames"])
     P.record_engines(args.dir, found["manifest"], engines)
 
 

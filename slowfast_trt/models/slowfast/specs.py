@@ -4,7 +4,8 @@ runtime and the tests.
 | subgraph        | file                 | inputs -> outputs                                                  |
 |-----------------|----------------------|--------------------------------------------------------------------|
 | vision          | vision.onnx          | frames (N, S, S, 3) uint8 -> features (N, g*g, C_vis)              |
-| pooler          | pooler.onnx          | features (T, g*g, C_vis) -> slow_tokens (Ns, hid), fast_tokens (Nf, hid) |
+| projector       | projector.onnx       | features (N, g*g, C_vis), grid_pool (n', g*g) -> frame_tokens (N, n', hid) |
+| fast_pool       | fast_pool.onnx       | frame_tokens (T, n', hid), temporal_pool (F, T), spatial_pool (n'', n') -> fast_tokens (F, n'', hid); no weights |
 | slow_kv         | slow_kv.onnx         | slow_tokens (1, Ns, hid) -> slow_key_j, slow_value_j (1, Hkv, Ns, D) |
 | decoder         | decoder.onnx         | prefill and ``attend`` decode (cross-attention, see below)         |
 | decoder_nocross | decoder_nocross.onnx | ``upstream`` decode steps and prompts without video                |
@@ -26,7 +27,11 @@ Frames are uint8 RGB, channels last, already resized and center-cropped to S x S
 :func:`slowfast_trt.preprocess.resize_and_center_crop`; the graph does ``x / 255``, the CLIP
 mean/std and NHWC -> NCHW. Float frames are not accepted: the uint8 input is 4x smaller to
 upload and makes the normalisation bit-identical to :func:`slowfast_trt.preprocess.normalize`.
-The pooler is exported for one frame count T (its temporal pooling is static at that T).
+Every frame count from 1 to ``max_frames`` runs on the same graphs: only the fast tokens'
+temporal pooling depends on T, and it is data, the float32 matrices of
+:func:`slowfast_trt.models.slowfast.visual_tokens.pooling_matrices` (``grid_pool``: the 2x2
+video pooling of each frame, identity for an image; ``temporal_pool``; ``spatial_pool``). The
+slow tokens of a video are its frame tokens, frame-major: ``frame_tokens.reshape(1, T*n', hid)``.
 """
 
 from __future__ import annotations
@@ -44,9 +49,10 @@ PRECISIONS = ("float32", "float16")
 # ConvNeXt: patch-4 stem and three 2x downsamples; the only supported tower (convnext-576).
 VISION_STRIDE = 32
 
-VISION, POOLER, SLOW_KV, DECODER, DECODER_NOCROSS, EMBED = (
+VISION, PROJECTOR, FAST_POOL, SLOW_KV, DECODER, DECODER_NOCROSS, EMBED = (
     "vision",
-    "pooler",
+    "projector",
+    "fast_pool",
     "slow_kv",
     "decoder",
     "decoder_nocross",
@@ -112,7 +118,38 @@ def fast_token_count(config: SlowFastConfig, frames: int) -> int:
     return fast_frame_count(frames, config.visual) * side * side
 
 
-def _check(precision: str, frames: int, max_seq_len: int, config: SlowFastConfig) -> None:
+@dataclass(frozen=True)
+class FrameBounds:
+    """Token counts an export for 1..``max_frames`` frames must hold (maxima over every T)."""
+
+    max_frames: int
+    grid_tokens: int  # vision tokens per frame (g*g)
+    tokens_per_frame: tuple[int, int]  # frame tokens n': (a video's, an image's) range
+    fast_tokens_per_frame: tuple[int, int]  # n'' range
+    max_fast_frames: int
+    max_slow: int
+    max_fast: int
+
+
+def frame_bounds(config: SlowFastConfig, max_frames: int) -> FrameBounds:
+    """The ranges of every frame-dependent dimension for videos of 1..``max_frames`` frames."""
+    grid, image = tokens_per_frame(config, 1)
+    _, video = tokens_per_frame(config, 2) if max_frames > 1 else (grid, image)
+    stride = config.visual.fast_spatial_stride
+    fast_per = sorted({(int(n**0.5) // stride) ** 2 for n in (video, image)})
+    counts = range(1, max_frames + 1)
+    return FrameBounds(
+        max_frames=max_frames,
+        grid_tokens=grid,
+        tokens_per_frame=(min(video, image), max(video, image)),
+        fast_tokens_per_frame=(fast_per[0], fast_per[-1]),
+        max_fast_frames=max(fast_frame_count(t, config.visual) for t in counts),
+        max_slow=max(t * tokens_per_frame(config, t)[1] for t in counts),
+        max_fast=max(fast_token_count(config, t) for t in counts),
+    )
+
+
+def _check(precision: str, max_frames: int, max_seq_len: int, config: SlowFastConfig) -> None:
     if precision == "bfloat16":
         raise ValueError(
             "precision 'bfloat16' is not exported (ONNX opset 17 Conv/AveragePool reject it and ONNX Runtime "
@@ -120,8 +157,8 @@ def _check(precision: str, frames: int, max_seq_len: int, config: SlowFastConfig
         )
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
-        raise ValueError(f"frames must be an integer >= 1, got {frames!r}")
+    if isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 1:
+        raise ValueError(f"max_frames must be an integer >= 1, got {max_frames!r}")
     limit = config.text.max_position_embeddings
     if isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int) or not 2 <= max_seq_len <= limit:
         raise ValueError(
@@ -158,37 +195,56 @@ def _decoder(config, precision, max_seq_len, max_slow, vocab_rows, cross: bool) 
     return SubgraphSpec(name, tuple(inputs), tuple(outputs), f"{name}.onnx", tuple(dims), f"{DECODER}.onnx.data")
 
 
+def _visual_specs(config: SlowFastConfig, precision: str, bounds: FrameBounds) -> list[SubgraphSpec]:
+    """vision, projector and fast_pool: every dimension that depends on T is dynamic."""
+    visual, hid = config.visual, config.text.hidden_size
+    grid, size = bounds.grid_tokens, visual.image_size
+    frames = ("frames", 1, bounds.max_frames)
+    per_frame = ("tokens_per_frame", *bounds.tokens_per_frame)
+    frame_tokens = TensorSpec("frame_tokens", ("frames", "tokens_per_frame", hid), precision)
+    vision = SubgraphSpec(
+        VISION,
+        (TensorSpec("frames", ("frames", size, size, 3), "uint8"),),
+        (TensorSpec("features", ("frames", grid, visual.mm_hidden_size), precision),),
+        "vision.onnx",
+        (frames,),
+        "vision.onnx.data",
+    )
+    projector = SubgraphSpec(
+        PROJECTOR,
+        (TensorSpec("features", ("frames", grid, visual.mm_hidden_size), precision),
+         TensorSpec("grid_pool", ("tokens_per_frame", grid), "float32")),
+        (frame_tokens,),
+        "projector.onnx",
+        (frames, per_frame),
+        "projector.onnx.data",
+    )
+    fast_pool = SubgraphSpec(
+        FAST_POOL,
+        (frame_tokens,
+         TensorSpec("temporal_pool", ("fast_frames", "frames"), "float32"),
+         TensorSpec("spatial_pool", ("fast_tokens_per_frame", "tokens_per_frame"), "float32")),
+        (TensorSpec("fast_tokens", ("fast_frames", "fast_tokens_per_frame", hid), precision),),
+        "fast_pool.onnx",
+        (frames, per_frame, ("fast_frames", 1, bounds.max_fast_frames),
+         ("fast_tokens_per_frame", *bounds.fast_tokens_per_frame)),
+    )
+    return [vision, projector, fast_pool]
+
+
 def subgraph_specs(
-    config: SlowFastConfig, precision: str, frames: int, max_seq_len: int, vocab_rows: int | None = None
+    config: SlowFastConfig, precision: str, max_frames: int, max_seq_len: int, vocab_rows: int | None = None
 ) -> dict[str, SubgraphSpec]:
-    """Every subgraph of an export for ``frames`` frames per video and ``max_seq_len`` positions.
+    """Every subgraph of an export for videos of 1..``max_frames`` frames and ``max_seq_len`` positions.
 
     ``vocab_rows``: rows of the embedding and LM head (the tokenizer length, to which the
     loader resizes them); defaults to the config's ``vocab_size``.
     """
-    _check(precision, frames, max_seq_len, config)
-    text, visual = config.text, config.visual
+    _check(precision, max_frames, max_seq_len, config)
+    text = config.text
     vocab_rows = vocab_rows or text.vocab_size
-    hid, size = text.hidden_size, visual.image_size
-    grid, per_frame = tokens_per_frame(config, frames)
-    num_slow, num_fast = frames * per_frame, fast_token_count(config, frames)
-    features = TensorSpec("features", ("frames", grid, visual.mm_hidden_size), precision)
-    vision = SubgraphSpec(
-        VISION,
-        (TensorSpec("frames", ("frames", size, size, 3), "uint8"),),
-        (features,),
-        "vision.onnx",
-        (("frames", 1, frames),),
-        "vision.onnx.data",
-    )
-    pooler = SubgraphSpec(
-        POOLER,
-        (TensorSpec("features", (frames, grid, visual.mm_hidden_size), precision),),
-        (TensorSpec("slow_tokens", (num_slow, hid), precision), TensorSpec("fast_tokens", (num_fast, hid), precision)),
-        "pooler.onnx",
-        (),
-        "pooler.onnx.data",
-    )
+    hid = text.hidden_size
+    bounds = frame_bounds(config, max_frames)
     kv_outputs = tuple(
         TensorSpec(f"slow_{kind}_{j}", (1, text.num_kv_heads, "slow_tokens", text.head_dim), precision)
         for j in range(len(config.cross_attn.hybrid_layers))
@@ -199,7 +255,7 @@ def subgraph_specs(
         (TensorSpec("slow_tokens", (1, "slow_tokens", hid), precision),),
         kv_outputs,
         "slow_kv.onnx",
-        (("slow_tokens", 1, num_slow),),
+        (("slow_tokens", 1, bounds.max_slow),),
         "slow_kv.onnx.data",
     )
     embed = SubgraphSpec(
@@ -210,11 +266,10 @@ def subgraph_specs(
         (("seq", 1, max_seq_len),),
     )
     specs = [
-        vision,
-        pooler,
+        *_visual_specs(config, precision, bounds),
         slow_kv,
-        _decoder(config, precision, max_seq_len, num_slow, vocab_rows, cross=True),
-        _decoder(config, precision, max_seq_len, num_slow, vocab_rows, cross=False),
+        _decoder(config, precision, max_seq_len, bounds.max_slow, vocab_rows, cross=True),
+        _decoder(config, precision, max_seq_len, bounds.max_slow, vocab_rows, cross=False),
         embed,
     ]
     return {spec.name: spec for spec in specs}
