@@ -7,6 +7,12 @@ a torch tensor this engine allocates from the shape the inputs determine. A deco
 therefore reads the past K/V where the cache keeps them and writes the new rows straight
 into the cache: no copy, no allocation of cache-sized buffers.
 
+On CUDA the session runs on a torch stream of the engine's own, passed to ONNX Runtime as
+its ``user_compute_stream`` (torch's default stream has handle 0, which ONNX Runtime reads as
+"none"), with ``disable_synchronize_execution_providers``: a call orders that stream after
+torch's current one and the current one after it (``wait_stream``, device-side events), so
+neither the inputs nor the outputs need a host synchronisation.
+
 bfloat16 graphs are not run here (ONNX Runtime's Python binding has no bfloat16 element
 type); use float32/float16 exports, or TensorRT.
 """
@@ -40,10 +46,24 @@ def cuda_provider_available() -> bool:
     return "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available()
 
 
-def ort_providers(device: torch.device) -> list:
+def ort_providers(device: torch.device, stream: int | None = None) -> list:
+    """Providers for ``device``; on CUDA, ``stream`` (a ``cudaStream_t``, not 0) is ONNX Runtime's compute stream."""
     if device.type == "cuda":
-        return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+        options = {"device_id": device.index or 0}
+        if stream:
+            options.update(has_user_compute_stream="1", user_compute_stream=str(int(stream)))
+        return [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
+
+
+def run_options(device: torch.device):
+    """``RunOptions`` of a call: on CUDA no synchronisation at the end of a run (see the module docstring)."""
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+    if device.type == "cuda":
+        options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+    return options
 
 
 def _infos(args) -> tuple[TensorInfo, ...]:
@@ -70,8 +90,11 @@ class OrtEngine(Engine):
         if threads is not None:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+        # CUDA: a stream of our own, so that ONNX Runtime's work is ordered with torch's by events.
+        self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        stream = self._stream.cuda_stream if self._stream is not None else None
         try:
-            self._session = ort.InferenceSession(str(path), options, providers=ort_providers(self.device))
+            self._session = ort.InferenceSession(str(path), options, providers=ort_providers(self.device, stream))
         except Exception as exc:  # ONNX Runtime raises its own exception types for bad files
             raise EngineError(f"{name}: ONNX Runtime cannot load {path} ({type(exc).__name__}: {exc})") from None
         self._inputs = _infos(self._session.get_inputs())
@@ -81,6 +104,7 @@ class OrtEngine(Engine):
                 raise EngineError(f"{name}: {info.name} is bfloat16, which ONNX Runtime's IO binding cannot bind; "
                                   "export with --precision fp16 or fp32, or use TensorRT")
         self._binding = self._session.io_binding()
+        self._run_options = run_options(self.device)
         self._device_type = "cuda" if self.device.type == "cuda" else "cpu"
         self._device_id = self.device.index or 0
 
@@ -114,20 +138,16 @@ class OrtEngine(Engine):
                 check_output_buffer(self.name, info.name, buffer, shape, torch_dtype(info.dtype))
             self._bind("output", info.name, buffer)
             result[info.name] = buffer
-        if self._device_type == "cuda":
-            # ONNX Runtime runs on its own stream: the inputs written on torch's stream must be ready.
-            torch.cuda.current_stream(self.device).synchronize()
+        current = torch.cuda.current_stream(self.device) if self._stream is not None else None
+        if current is not None:
+            self._stream.wait_stream(current)  # inputs written on torch's stream are ready for ONNX Runtime
         try:
-            self._session.run_with_iobinding(binding)
-            if self._device_type == "cuda":
-                binding.synchronize_outputs()
+            self._session.run_with_iobinding(binding, self._run_options)
         except Exception as exc:
             raise EngineError(f"{self.name}: ONNX Runtime failed ({type(exc).__name__}: {exc})") from None
+        if current is not None:
+            current.wait_stream(self._stream)  # readers on torch's stream see the outputs
         return result
-
-    def synchronize(self) -> None:
-        # run() returns with the outputs ready (on CUDA it synchronizes the outputs itself).
-        pass
 
     def close(self) -> None:
         self._binding = None
