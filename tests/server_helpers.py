@@ -91,6 +91,7 @@ class ServerProcess:
             cmd += ["--api-key", api_key]
         self.proc = subprocess.Popen(cmd, env=_env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
         self.log: list[str] = []
+        self._http = None
         self.url = self._wait_listening(timeout=180)
         self.model = export.name
         threading.Thread(target=self._drain, daemon=True).start()
@@ -119,8 +120,8 @@ class ServerProcess:
     def client(self, **kwargs):
         import openai
 
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=self.api_key or "none", max_retries=0,
-                             timeout=kwargs.pop("timeout", 120), **kwargs)
+        kwargs.setdefault("api_key", self.api_key or "none")
+        return openai.OpenAI(base_url=self.url + "/v1", max_retries=0, timeout=kwargs.pop("timeout", 120), **kwargs)
 
     def http(self, **kwargs):
         import httpx
@@ -130,8 +131,9 @@ class ServerProcess:
     def metrics(self) -> dict[str, float]:
         from slowfast_trt.server.metrics import parse_metrics
 
-        with self.http() as http:
-            response = http.get("/metrics")
+        if self._http is None:  # one client: making one costs a TLS context each time
+            self._http = self.http()
+        response = self._http.get("/metrics")
         response.raise_for_status()
         return parse_metrics(response.text)
 

@@ -17,6 +17,7 @@ pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
 MB = 1024 * 1024
+_HTTP = httpx.Client(timeout=60)  # one client: each new one builds a TLS context
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +45,11 @@ def outside(tmp_path_factory, media):
 def _chat(server, messages, key="default", **extra):
     headers = server.headers if key == "default" else ({"Authorization": f"Bearer {key}"} if key else {})
     body = {"model": server.model, "messages": messages, "max_tokens": 2, **extra}
-    return httpx.post(server.url + "/v1/chat/completions", json=body, headers=headers, timeout=60)
+    return _HTTP.post(server.url + "/v1/chat/completions", json=body, headers=headers, timeout=60)
 
 
 def _upload(server, content: bytes, name="clip.mp4", **kwargs):
-    return httpx.post(server.url + "/v1/videos", files={"file": (name, content, "video/mp4")}, headers=server.headers,
+    return _HTTP.post(server.url + "/v1/videos", files={"file": (name, content, "video/mp4")}, headers=server.headers,
                       timeout=60, **kwargs)
 
 
@@ -57,10 +58,10 @@ def _data_url(n_bytes: int) -> str:
 
 
 CASES = {
-    "malformed JSON": (lambda s, m, o: httpx.post(s.url + "/v1/chat/completions", content=b'{"model": "x", "mess',
+    "malformed JSON": (lambda s, m, o: _HTTP.post(s.url + "/v1/chat/completions", content=b'{"model": "x", "mess',
                                                   headers={**s.headers, "Content-Type": "application/json"}),
                        400, "malformed JSON"),
-    "unknown model": (lambda s, m, o: httpx.post(s.url + "/v1/chat/completions", headers=s.headers, json={
+    "unknown model": (lambda s, m, o: _HTTP.post(s.url + "/v1/chat/completions", headers=s.headers, json={
         "model": "gpt-4o", "messages": [video_message(file_url(m / "a.mp4"))]}), 404, "model 'gpt-4o' not found"),
     "no video": (lambda s, m, o: _chat(s, [{"role": "user", "content": "Hello?"}]), 400, "no video"),
     "video part without url": (lambda s, m, o: _chat(s, [{"role": "user", "content": [
@@ -71,7 +72,7 @@ CASES = {
     "unknown video id": (lambda s, m, o: _chat(s, [video_message("video-0000")]), 404, "no uploaded video"),
     "unsupported URL": (lambda s, m, o: _chat(s, [video_message("ftp://host/a.mp4")]), 400, "unsupported URL"),
     "oversized upload": (lambda s, m, o: _upload(s, b"\0" * (2 * MB)), 413, "limit of 1 MB"),
-    "oversized upload, no length": (lambda s, m, o: httpx.post(
+    "oversized upload, no length": (lambda s, m, o: _HTTP.post(
         s.url + "/v1/videos", content=iter([b"\0" * (256 * 1024)] * 8),
         headers={**s.headers, "Content-Type": "video/mp4"}), 413, "upload is larger"),
     "oversized base64": (lambda s, m, o: _chat(s, [video_message(_data_url(MB + MB // 4))]), 413, "base64 data"),
@@ -94,7 +95,7 @@ CASES = {
                          "temperature"),
     "frame count the export lacks": (lambda s, m, o: _chat(s, [video_message(file_url(m / "a.mp4"), nframes=4000)]),
                                      400, "frames"),
-    "no route": (lambda s, m, o: httpx.get(s.url + "/v1/nothing", headers=s.headers), 404, "no route"),
+    "no route": (lambda s, m, o: _HTTP.get(s.url + "/v1/nothing", headers=s.headers), 404, "no route"),
 }
 
 
@@ -129,7 +130,9 @@ def test_openai_client_sees_the_right_exceptions(server, media):
 
 
 def _long_stream(server, media):
-    """Start a streaming request that would run for seconds; return (response, client) after its first piece."""
+    """Start a streaming request that would run for seconds; (response, client, lines) after its first piece.
+
+    Keep ``lines``: a dropped line iterator closes the connection, which cancels the request."""
     client = httpx.Client(timeout=60)
     body = {"model": server.model, "messages": [video_message(file_url(media / "a.mp4"))], "max_tokens": 1500,
             "stream": True}
@@ -137,9 +140,9 @@ def _long_stream(server, media):
                                                 headers=server.headers), stream=True)
     assert response.status_code == 200
     lines = response.iter_lines()
-    while '"content": "' not in next(lines) or False:
+    while '"content": "' not in next(lines):
         pass
-    return response, client
+    return response, client, lines
 
 
 def _wait_for(predicate, timeout=20.0):
@@ -153,7 +156,7 @@ def _wait_for(predicate, timeout=20.0):
 
 def test_client_disconnect_stops_its_generation(server, media):
     before = server.metrics()
-    response, client = _long_stream(server, media)
+    response, client, _ = _long_stream(server, media)
     response.close()
     client.close()
     key = 'slowfast_cancelled_total{reason="disconnect"}'
@@ -167,7 +170,7 @@ def test_client_disconnect_stops_its_generation(server, media):
 
 
 def test_full_queue_answers_429_with_retry_after(server, media):
-    response, client = _long_stream(server, media)  # running: the queue (2 places) is free
+    response, client, lines = _long_stream(server, media)  # running: the queue (2 places) is free
     results = []
     waiting = [threading.Thread(target=lambda: results.append(_chat(server, [video_message(file_url(media / "a.mp4"))])))
                for _ in range(2)]
