@@ -16,10 +16,10 @@ set of engines serves every T from 1 to ``max_frames``. A stream
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from slowfast_trt.frames import FrameError, crop_frames, frame_count
@@ -94,6 +94,9 @@ class RuntimeModel:
     vision_batch: int | None = None  # frames per vision call (bounds activation memory); None: all
 
     def __post_init__(self):
+        # Held while engines run for a stream (its encoder thread and its questions), so the two
+        # never drive one engine at once.
+        self.lock = threading.RLock()
         self._pooling: dict[int, PoolingMatrices] = {}
         self._video_grid: torch.Tensor | None = None
 

@@ -70,11 +70,15 @@ class RuntimeResult(GenerationResult):
     backend: str = ""
     # None, or why this answer is not in the session's history (follow-ups will not see it).
     history_note: str | None = None
+    # A live stream's answer: the window it is about (frames held, first and last frame, ...).
+    stream: dict | None = None
 
     def to_json(self) -> dict:
         out = super().to_json()
         out.update(prefill_rows=self.prefill_rows, reused_rows=self.reused_rows, backend=self.backend,
                    history_note=self.history_note)
+        if self.stream is not None:
+            out["stream"] = self.stream
         return out
 
 
