@@ -84,7 +84,9 @@ def one_sequence_masked(query, slow_key, slow_value, slow_lengths, row_offsets, 
     valid = torch.arange(slow_tokens, device=query.device) < slow_lengths[0]
     probs = torch.softmax(scores.masked_fill(~valid, float("-inf")), dim=-1)
     probs = torch.where(valid.any(), probs, torch.zeros((), dtype=compute, device=query.device))  # n = 0: no NaN
-    ctx = torch.einsum("rkgn,knd->rkgd", probs, slow_value[0].to(compute)).reshape(rows, num_heads * head_dim)
+    # Padded values are zeroed, not only given probability 0: 0 x NaN poison would be NaN.
+    values = torch.where(valid[:, None], slow_value[0].to(compute), torch.zeros((), dtype=compute, device=query.device))
+    ctx = torch.einsum("rkgn,knd->rkgd", probs, values).reshape(rows, num_heads * head_dim)
     row = torch.arange(rows, device=query.device)
     inside = (row >= row_offsets[0]) & (row < row_offsets[1])
     return torch.where(inside[:, None], ctx, torch.zeros((), dtype=compute, device=query.device))
