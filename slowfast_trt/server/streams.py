@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from .errors import APIError
+from .scheduler import stopped_error
 from .schemas import StreamRequest
 
 __all__ = ["LiveStreams"]
@@ -72,9 +73,10 @@ class LiveStreams:
         for piece in pieces:
             if work.stream:
                 job.emit("piece", piece)
-            if job.stop_reason():
+            reason = job.stop_reason()
+            if reason:
                 pieces.close()
-                raise APIError(400, "stopped", code=job.stop_reason())
+                raise stopped_error(reason)
         return engine._outcome(job, pieces.result, None, False)
 
     def close(self) -> None:
