@@ -8,6 +8,8 @@ Hugging Face's repetition penalty only sees generated tokens; we do the same.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -25,20 +27,42 @@ class SamplingParams:
     seed: int | None = 0
 
     def __post_init__(self):
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
-        if self.repetition_penalty <= 0:
-            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        # Every field is checked for type and range: a bad value is a ValueError naming it,
+        # never a failure deep in the sampler (nan temperature, a string seed).
+        _integer("max_new_tokens", self.max_new_tokens, low=1)
+        _real("temperature", self.temperature, ">= 0 (0 = greedy)", lambda v: v >= 0)
+        _real("top_p", self.top_p, "in (0, 1]", lambda v: 0 < v <= 1)
+        _integer("top_k", self.top_k, low=0, hint=" (0 disables it)")
+        _real("repetition_penalty", self.repetition_penalty, "> 0 (1 disables it)", lambda v: v > 0)
+        if not isinstance(self.stop_token_ids, tuple):
+            raise ValueError(f"stop_token_ids must be a tuple of token ids, got {self.stop_token_ids!r}")
+        for token in self.stop_token_ids:
+            _integer("stop_token_ids", token, low=0, hint=" (token ids)")
+        if not isinstance(self.stop_strings, tuple):
+            raise ValueError(f"stop_strings must be a tuple of strings, got {self.stop_strings!r}")
+        for text in self.stop_strings:
+            if not isinstance(text, str) or not text:
+                # An empty stop string is found in every text: the answer would end after one token.
+                raise ValueError(f"stop_strings must be non-empty strings, got {text!r}")
+        if self.seed is not None:
+            _integer("seed", self.seed, low=-(2**63), high=2**64 - 1, hint=" or None")
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+
+def _integer(name: str, value, low: int, high: int | None = None, hint: str = "") -> None:
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if not ok or value < low or (high is not None and value > high):
+        bound = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+        raise ValueError(f"{name} must be {bound}{hint}, got {value!r}")
+
+
+def _real(name: str, value, expected: str, check) -> None:
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or not check(value):
+        raise ValueError(f"{name} must be a finite number {expected}, got {value!r}")
 
 
 class TokenSampler:
@@ -50,7 +74,7 @@ class TokenSampler:
         if params.seed is None:
             self.generator.seed()
         else:
-            self.generator.manual_seed(params.seed)
+            self.generator.manual_seed(int(params.seed))
 
     def __call__(self, logits: torch.Tensor, generated: list[int]) -> int:
         p = self.params
@@ -61,7 +85,12 @@ class TokenSampler:
             scores[ids] = torch.where(picked < 0, picked * p.repetition_penalty, picked / p.repetition_penalty)
         if p.greedy:
             return int(torch.argmax(scores))
-        scores = scores / p.temperature
+        scaled = scores / p.temperature
+        if bool(torch.isinf(scaled).any()) and not bool(torch.isinf(scores).any()):
+            # A temperature so small that finite scores overflow (or below float32's range, a
+            # division by zero): the distribution is its limit, the best-scored token(s).
+            scaled = torch.where(scores == scores.max(), 0.0, float("-inf"))
+        scores = scaled
         if p.top_k and p.top_k < scores.numel():
             kth = torch.topk(scores, p.top_k).values[-1]
             scores = scores.masked_fill(scores < kth, float("-inf"))
@@ -72,4 +101,7 @@ class TokenSampler:
             remove[-1] = False  # keep at least the most likely token
             scores = scores.masked_fill(remove.scatter(0, order, remove), float("-inf"))
         probs = scores.softmax(-1)
+        if not bool(torch.isfinite(probs).all()):
+            # A tiny repetition penalty overflowed scores to inf: uniform over the best-scored tokens.
+            probs = (scores == scores.max()).to(torch.float32)
         return int(torch.multinomial(probs, 1, generator=self.generator))

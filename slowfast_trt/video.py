@@ -21,6 +21,7 @@ is at 0.0 even in streams whose timestamps start elsewhere (MPEG-TS, edited MP4)
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 from pathlib import Path
@@ -44,6 +45,7 @@ def is_image_path(path: str | os.PathLike) -> bool:
 # a frame within a microsecond of a boundary counts as being on it.
 _EPS = 1e-6
 _SAMPLINGS = ("uniform", "fps")
+_MIN_SKIP = 16  # frames a keyframe jump must skip to be worth a decoder restart
 
 
 class VideoError(ValueError):
@@ -81,6 +83,10 @@ class _Stream:
     pts: list  # presentation timestamps in stream time_base, one per frame, sorted if known
     time_base: Fraction | None
     avg_fps: float
+    # Seek points: (presentation index, DTS) of every keyframe packet, in index order; empty
+    # when unknown (no timestamps, duplicate PTS) or after the selection was redone from
+    # the decoder's own frame list.
+    keyframes: tuple[tuple[int, int], ...] = ()
 
 
 def load_video(
@@ -91,6 +97,7 @@ def load_video(
     fps: float | None = None,
     start_s: float | None = None,
     end_s: float | None = None,
+    seek: bool = True,
 ) -> VideoFrames:
     """Decode ``num_frames`` RGB frames from the video at ``path``.
 
@@ -110,7 +117,12 @@ def load_video(
       evenly thinned when ``p > num_frames``, frames repeated when ``p < num_frames``.
 
     Cost: one demux pass (no decoding) and one decode pass that stops after the range;
-    only the chosen frames are converted to RGB and kept in memory.
+    only the chosen frames are converted to RGB and kept in memory. With ``seek`` (default)
+    the decode pass jumps to the keyframe before a chosen frame whenever that skips frames
+    (a range far into a long video, sparse frames of a long video) and decodes forward from
+    there; the frames chosen are the same as decoding from the start (the selection is made
+    on the demuxed list first), and every frame decoded after a jump must be the next one of
+    that list, else the file is decoded from the start as without ``seek``.
 
     Raises ``VideoError`` (a ``ValueError``) naming the file for a missing, unreadable or
     corrupt file, no video stream, no decodable frame, a bad argument, a time range that
@@ -125,7 +137,11 @@ def load_video(
         times = _seconds(path, stream)
         avg_fps = stream.avg_fps or _measured_rate(times)
         chosen, stop = _select(path, times, avg_fps, num_frames, sampling, fps, start_s, end_s)
-        decoded, decoded_pts = _decode(path, frozenset(chosen.tolist()), stop)
+        wanted = frozenset(chosen.tolist())
+        decoded = _decode_seeking(path, stream, wanted, stop) if seek else None
+        if decoded is not None:
+            break
+        decoded, decoded_pts = _decode(path, wanted, stop)
         reached = len(decoded_pts) == (len(stream.pts) if stop is None else stop + 1)
         if reached and decoded_pts == stream.pts[: len(decoded_pts)]:
             break
@@ -152,12 +168,17 @@ def load_image(path: str | os.PathLike) -> VideoFrames:
     """Read one image as a one-frame ``VideoFrames`` (PIL, converted to RGB).
 
     Like upstream (``Image.open(path).convert("RGB")``) the EXIF orientation is not applied.
+    Unlike upstream, a 16-bit grayscale image is scaled to 8 bits (``round(v / 257)``), where
+    PIL's ``convert("RGB")`` clips every value above 255 to white; 32-bit integer and float
+    images (no defined range) are refused with a ``VideoError`` naming the mode.
     """
     path = _existing_file(path)
     try:
         with Image.open(path) as image:
-            rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+            rgb = _image_rgb(path, image)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        if isinstance(exc, VideoError):
+            raise
         raise VideoError(f"{path}: unreadable or corrupt image file ({exc})") from exc
     return VideoFrames(
         frames=rgb[None].copy(),
@@ -169,10 +190,36 @@ def load_image(path: str | os.PathLike) -> VideoFrames:
     )
 
 
+# PIL modes of 16-bit grayscale images (PNG, TIFF); "I" is how older Pillow opens 16-bit PNGs.
+_GRAY16_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+
+
+def _image_rgb(path: str, image: Image.Image) -> np.ndarray:
+    """uint8 (H, W, 3) RGB of an open PIL image (module docstring of :func:`load_image`)."""
+    mode = image.mode
+    if mode in _GRAY16_MODES or (mode == "I" and image.format == "PNG"):
+        gray = np.asarray(image).astype(np.float64)
+        if gray.size and (gray.min() < 0 or gray.max() > 65535):
+            raise VideoError(f"{path}: 16-bit image holds values outside 0..65535")
+        gray = np.rint(gray / 257.0).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=-1)
+    if mode in ("I", "F") or mode.startswith(("I;", "F;")):
+        kind = "32-bit float" if mode.startswith("F") else "32-bit integer"
+        raise VideoError(
+            f"{path}: {kind} image (PIL mode {mode!r}) has no defined brightness range; convert it to 8-bit or "
+            "16-bit RGB or grayscale first"
+        )
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
 def _existing_file(path: str | os.PathLike) -> str:
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise VideoError(f"{path}: is a directory, not a video or image file")
     if not os.path.isfile(path):
         raise VideoError(f"{path}: no such file")
+    if os.path.getsize(path) == 0:
+        raise VideoError(f"{path}: the file is empty (0 bytes)")
     return path
 
 
@@ -213,14 +260,22 @@ def _demux(path: str) -> _Stream:
         stream = _video_stream(path, container)
         try:
             # PyAV ends the demux with an empty flush packet, which is no frame.
-            pts = [packet.pts for packet in container.demux(stream) if packet.size > 0]
+            packets = [(p.pts, p.dts, p.is_keyframe) for p in container.demux(stream) if p.size > 0]
         except av.error.FFmpegError as exc:
             raise VideoError(f"{path}: corrupt video container ({exc})") from exc
         avg_fps = float(stream.average_rate) if stream.average_rate else 0.0
         time_base = stream.time_base
-    if all(p is not None for p in pts):
-        pts.sort()  # decode order -> presentation order, as decord sorts its frame index
-    return _Stream(pts=pts, time_base=time_base, avg_fps=avg_fps)
+    pts = [p for p, _, _ in packets]
+    if not all(p is not None for p in pts):
+        return _Stream(pts=pts, time_base=time_base, avg_fps=avg_fps)
+    pts.sort()  # decode order -> presentation order, as decord sorts its frame index
+    index_of = {p: i for i, p in enumerate(pts)}
+    keyframes = ()
+    # Seeking trusts the demuxed list for the frames it skips; a stream that does not start
+    # with a keyframe has packets that decode to nothing, so it is always decoded from the start.
+    if packets and len(index_of) == len(pts) and packets[0][2]:
+        keyframes = tuple(sorted((index_of[p], d) for p, d, key in packets if key and d is not None))
+    return _Stream(pts=pts, time_base=time_base, avg_fps=avg_fps, keyframes=keyframes)
 
 
 def _seconds(path: str, stream: _Stream) -> np.ndarray:
@@ -299,6 +354,70 @@ def _decode(path: str, wanted: frozenset, stop: int | None) -> tuple[dict[int, n
         except av.error.FFmpegError as exc:
             raise VideoError(f"{path}: corrupt video data after {len(pts)} decoded frames ({exc})") from exc
     return rgb, pts
+
+
+def _seek_plan(keyframes: tuple[tuple[int, int], ...], wanted: list[int]) -> list[tuple[int, int] | None]:
+    """Per wanted index (ascending): the keyframe (index, DTS) to jump to first, or None to
+    decode on from where the decoder is. Only jumps that skip ``_MIN_SKIP`` frames are made
+    (a jump restarts the decoder, which costs about as much as decoding a few frames)."""
+    starts = [k for k, _ in keyframes]
+    plan, position = [], 0  # position: the index the decoder outputs next
+    for index in wanted:
+        at = bisect.bisect_right(starts, index) - 1
+        jump = keyframes[at] if at >= 0 and keyframes[at][0] >= position + _MIN_SKIP else None
+        plan.append(jump)
+        position = index + 1
+    return plan
+
+
+def _decode_seeking(path: str, stream: _Stream, wanted: frozenset, stop: int | None) -> dict[int, np.ndarray] | None:
+    """RGB of the ``wanted`` indices, jumping to keyframes (see :func:`load_video`); None when
+    no jump would skip a frame or when a decoded frame is not the one the demuxed list expects."""
+    order = sorted(wanted)
+    plan = _seek_plan(stream.keyframes, order)
+    if not any(plan):
+        return None
+    index_of = {p: i for i, p in enumerate(stream.pts)}
+    last = len(stream.pts) - 1 if stop is None else stop
+    rgb = {}
+    with _open(path) as container:
+        video = _video_stream(path, container)
+        video.thread_type = "AUTO"
+        frames, expected = container.decode(video), 0
+        try:
+            for index, jump in zip(order, plan):
+                if jump is not None:
+                    container.seek(jump[1], backward=True, any_frame=False, stream=video)
+                    video.codec_context.flush_buffers()
+                    frames, expected = container.decode(video), jump[0]
+                if not _decode_to(path, frames, index_of, expected, index, wanted, rgb):
+                    return None
+                expected = index + 1
+            # On to the frame after the range (or the end), so its timestamp is checked too.
+            if last >= expected and not _decode_to(path, frames, index_of, expected, last, wanted, rgb):
+                return None
+        except av.error.FFmpegError:
+            return None  # decoded from the start instead, which reports what is corrupt
+    return rgb
+
+
+def _decode_to(path, frames, index_of, expected, until, wanted, rgb) -> bool:
+    """Decode up to index ``until``; frames before ``expected`` (what a jump lands on before its
+    keyframe) are skipped, and from ``expected`` on each frame must be the next index."""
+    for frame in frames:
+        index = index_of.get(frame.pts)
+        if index is None:
+            return False
+        if index < expected:
+            continue
+        if index != expected:
+            return False
+        if index in wanted:
+            rgb[index] = _to_rgb(path, frame)
+        if index >= until:
+            return True
+        expected += 1
+    return False
 
 
 def _to_rgb(path: str, frame: av.VideoFrame) -> np.ndarray:
