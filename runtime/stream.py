@@ -144,8 +144,9 @@ class StreamSession:
                              "opened without source=")
         return self._push(frame, timestamp)
 
-    def _push(self, frame, timestamp) -> bool:
+    def _push(self, frame, timestamp, arrived_at: float | None = None) -> bool:
         frame = as_frames(frame, single=True)  # a bad frame: one FrameError, the stream unchanged
+        arrived = (time.monotonic() if arrived_at is None else arrived_at) - self._t0
         with self._push_lock:
             self._check_open()
             ts = self._timestamp(timestamp)
@@ -153,7 +154,7 @@ class StreamSession:
             if not self._sampled(ts):
                 self.counts["sampled_out"] += 1
                 return False
-            return self._admit(frame, ts)
+            return self._admit(frame, ts, arrived)
 
     def _timestamp(self, timestamp) -> float:
         ts = time.monotonic() - self._t0 if timestamp is None else timestamp
@@ -174,12 +175,12 @@ class StreamSession:
         self._last_bucket = bucket
         return True
 
-    def _admit(self, frame, ts: float) -> bool:
+    def _admit(self, frame, ts: float, arrived: float) -> bool:
         admission = self._window.plan()
         timings: dict[str, float] = {}
         with self._lock:
             if not admission.keep:
-                self._commit(admission, ts)
+                self._commit(admission, ts, arrived)
                 self.counts["not_kept"] += 1
                 return False
             slot, rings = admission.slot, self._rings
@@ -192,9 +193,9 @@ class StreamSession:
                 self._model.engines["slow_kv"].synchronize()
                 timings["slow_kv_ms"] = _ms(start)
             except BaseException:
-                self._commit(replace(admission, keep=False), ts)  # its evictions stand: their slot was written
+                self._commit(replace(admission, keep=False), ts, arrived)  # its evictions stand: their slot was written
                 raise
-            self._commit(admission, ts)
+            self._commit(admission, ts, arrived)
             self._single_features = features.clone() if len(self._window) == 1 else None
         self.counts["encoded"] += 1
         self.last_encode_ms = timings
@@ -202,8 +203,8 @@ class StreamSession:
             self._encode_sums[key] = self._encode_sums.get(key, 0.0) + value
         return True
 
-    def _commit(self, admission, ts: float) -> None:
-        self._window.admit(admission, ts)
+    def _commit(self, admission, ts: float, arrived: float) -> None:
+        self._window.admit(admission, ts, arrived)
         self.counts["evicted"] += len(admission.evict)
         if admission.keep or admission.evict:
             self._version += 1
@@ -347,7 +348,8 @@ class StreamSession:
                         self._ended = source.ended
                         return
                     continue
-                self._push(*item)
+                frame, ts, arrived_at = item
+                self._push(frame, ts, arrived_at)
         except StreamClosedError:
             return
         except Exception as exc:  # a frame that cannot be encoded ends the stream, loudly

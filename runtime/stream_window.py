@@ -29,14 +29,16 @@ POLICIES = ("recent", "uniform")
 
 @dataclass(frozen=True)
 class HeldFrame:
-    """A frame in the window: its number (0-based, in arrival order), stream time, ring slot."""
+    """A frame in the window: its number (0-based, in arrival order), stream time, ring slot,
+    and when it arrived (seconds since the stream opened, on the wall clock)."""
 
     index: int
     timestamp_s: float
     slot: int
+    arrived_s: float = 0.0
 
     def to_json(self) -> dict:
-        return {"index": self.index, "timestamp_s": round(self.timestamp_s, 6)}
+        return {"index": self.index, "timestamp_s": round(self.timestamp_s, 6), "arrived_s": round(self.arrived_s, 6)}
 
 
 @dataclass(frozen=True)
@@ -79,14 +81,14 @@ class FrameWindow:
         slot = min(set(range(self.size)) - used) if keep else -1
         return Admission(index, keep, slot, tuple(evict), interval)
 
-    def admit(self, admission: Admission, timestamp_s: float) -> None:
+    def admit(self, admission: Admission, timestamp_s: float, arrived_s: float = 0.0) -> None:
         """Apply ``admission`` (from :meth:`plan`, with nothing admitted in between)."""
         if admission.index != self.seen:
             raise ValueError(f"admission for frame {admission.index}, but the window is at frame {self.seen}")
         gone = {h.index for h in admission.evict}
         self.held = [h for h in self.held if h.index not in gone]
         if admission.keep:
-            self.held.append(HeldFrame(admission.index, float(timestamp_s), admission.slot))
+            self.held.append(HeldFrame(admission.index, float(timestamp_s), admission.slot, float(arrived_s)))
         self.interval = admission.interval
         self.seen += 1
 

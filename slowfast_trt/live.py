@@ -1,7 +1,7 @@
 """Live frame sources: a file, a network stream or a camera read by PyAV on a reader thread.
 
     source = LiveSource("udp://127.0.0.1:5000", sample_fps=2)   # or rtsp://, http://, /dev/video0, clip.mp4
-    item = source.get(timeout=1.0)        # (uint8 RGB (H, W, 3), stream time in s) or None
+    item = source.get(timeout=1.0)        # (uint8 RGB (H, W, 3), stream time s, time.monotonic() at decode) or None
     source.ended                          # None while frames may come; else why not ("end of stream", ...)
 
 The source is opened when :class:`LiveSource` is built (a source that cannot be opened is one
@@ -76,9 +76,12 @@ class LiveSource:
         self._thread.start()
 
     def _open(self, open_timeout_s: float, read_timeout_s: float):
-        options = {"format": "v4l2"} if is_device(self.url) else {}
+        kwargs = {"format": "v4l2"} if is_device(self.url) else {}
+        if is_url(self.url):
+            # Live: probe about a second of the stream, not FFmpeg's default 5 s, before the first frame.
+            kwargs["options"] = {"analyzeduration": "1000000", "probesize": "1000000"}
         try:
-            container = av.open(self.url, mode="r", timeout=(open_timeout_s, read_timeout_s), **options)
+            container = av.open(self.url, mode="r", timeout=(open_timeout_s, read_timeout_s), **kwargs)
         except (av.error.FFmpegError, OSError, UnicodeDecodeError) as exc:
             raise SourceError(f"{self.url}: cannot open the stream ({exc})") from None
         if not container.streams.video:
@@ -90,7 +93,8 @@ class LiveSource:
     # -- consumer side ----------------------------------------------------------------------
 
     def get(self, timeout: float | None = None):
-        """The next (frame, timestamp_s), or None when none came within ``timeout``."""
+        """The next (frame, timestamp_s, decoded_at), or None when none came within ``timeout``
+        (``decoded_at``: ``time.monotonic()`` when the reader had the frame)."""
         try:
             return self._queue.get(timeout=timeout)
         except queue.Empty:
@@ -125,7 +129,7 @@ class LiveSource:
                     self._counts["sampled_out"] += 1
                     continue
                 self._pace(ts, state)
-                self._offer((_to_rgb(frame), ts))
+                self._offer((_to_rgb(frame), ts, time.monotonic()))
             else:
                 self.ended = "end of stream"
         except (av.error.FFmpegError, OSError) as exc:

@@ -51,3 +51,22 @@ def reference(tiny_ckpt):
     from slowfast_trt.models.slowfast.reference import ReferenceGenerator
 
     return ReferenceGenerator.load(tiny_ckpt)
+
+
+@pytest.fixture(scope="session")
+def tiny_exports(request, tmp_path_factory):
+    """ckpt fixture name -> its fp32 ONNX Runtime export (one per checkpoint for the whole run:
+    one export serves every frame count 1..64)."""
+    from slowfast_trt.export.pipeline import ExportRequest, export_checkpoint
+
+    root, cache = tmp_path_factory.mktemp("tiny_exports"), {}
+
+    def get(name: str):
+        if name not in cache:
+            out = root / name
+            export_checkpoint(ExportRequest(ckpt=str(request.getfixturevalue(name)), out=out, backend="onnxruntime",
+                                            precision="fp32", max_seq_len=1600))
+            cache[name] = out
+        return cache[name]
+
+    return get

@@ -19,27 +19,11 @@ from test_runtime_torch import CASES, TURNS, _rss_mb, check_conversation
 MAX_SEQ_LEN = 1600
 
 
-def export(ckpt, out, frames: int) -> None:
-    from slowfast_trt.export.pipeline import ExportRequest, export_checkpoint
-
-    export_checkpoint(ExportRequest(ckpt=str(ckpt), out=out, backend="onnxruntime", precision="fp32", frames=frames,
-                                    max_seq_len=MAX_SEQ_LEN))
-
-
 @pytest.fixture(scope="module")
-def exports(request, tmp_path_factory):
-    """(ckpt fixture name, frames) -> export folder, exported once; tiny_ckpt's under one root."""
-    root = tmp_path_factory.mktemp("exports")
-    cache = {}
-
-    def get(name, frames):
-        if (name, frames) not in cache:
-            out = root / name / f"f{frames}"
-            export(request.getfixturevalue(name), out, frames)
-            cache[name, frames] = out
-        return cache[name, frames]
-
-    return get
+def exports(tiny_exports):
+    """(ckpt fixture name, frames) -> its one export folder (every frame count 1..64; the
+    session-wide default export of conftest, max_seq_len 1600)."""
+    return lambda name, frames=None: tiny_exports(name)
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +47,10 @@ def references(request):
 def runtimes(exports):
     cache = {}
 
-    def get(name, frames):
-        if (name, frames) not in cache:
-            cache[name, frames] = SlowFastRuntime.load(exports(name, frames), threads=1)
-        return cache[name, frames]
+    def get(name, frames=None):
+        if name not in cache:
+            cache[name] = SlowFastRuntime.load(exports(name), threads=1)
+        return cache[name]
 
     return get
 
@@ -74,7 +58,7 @@ def runtimes(exports):
 @pytest.mark.parametrize("ckpt,frames", CASES)
 def test_tokens_and_followups_match_the_reference(ckpt, frames, runtimes, references, clips):
     rt, reference = runtimes(ckpt, frames), references(ckpt)
-    assert (rt.backend, rt.frames, str(rt.device)) == ("onnxruntime", frames, "cpu")
+    assert (rt.backend, rt.max_frames, str(rt.device)) == ("onnxruntime", 64, "cpu")  # one export, any count
     encoded = reference.encode_video(clips[frames])
     video = rt.encode_video(clips[frames])
     for mode in ("upstream", "attend"):
@@ -92,7 +76,7 @@ def test_text_only_and_stream(runtimes, references, clips, sample_video):
     rt, reference = runtimes("tiny_ckpt", 16), references("tiny_ckpt")
     got = rt.generate(None, "Tell me a story about a cat.", max_new_tokens=6)
     assert got.token_ids == reference.generate("Tell me a story about a cat.", None, SamplingParams(max_new_tokens=6)).token_ids
-    stream = rt.stream(sample_video, TURNS[0][0], max_new_tokens=8, temperature=1.0, seed=4)
+    stream = rt.stream(sample_video, TURNS[0][0], frames=16, max_new_tokens=8, temperature=1.0, seed=4)
     assert "".join(stream) == stream.result.text and stream.result.frames == 16  # sampled exactly 16 frames
 
 
@@ -145,10 +129,11 @@ def test_host_memory_stays_flat(runtimes, clips):
 
 def test_bad_input(runtimes, exports, clips, tiny_ckpt_pool3d, tmp_path):
     rt = runtimes("tiny_ckpt", 16)
-    with pytest.raises(ValueError, match="has 8 frames but the engines were exported for exactly 16"):
-        rt.open_video(clips[8])
-    with pytest.raises(ValueError, match="frames=32, but the engines .* exactly 16 frames"):
-        rt.open_video("any.mp4", frames=32)
+    too_many = clips[32][[i % 32 for i in range(65)]]
+    with pytest.raises(ValueError, match=r"video has 65 frames but the engines serve 1\.\.64 frames.*--max-frames 65"):
+        rt.open_video(too_many)
+    with pytest.raises(ValueError, match=r"video has 65 frames but the engines in .* serve 1\.\.64 frames"):
+        rt.open_video("any.mp4", frames=65)
     with rt.open_video(clips[16]) as session:
         first = session.ask(TURNS[0][0], max_new_tokens=4)
         with pytest.raises(ValueError, match=f"exceeds the maximum sequence length {MAX_SEQ_LEN}"):
@@ -191,21 +176,21 @@ def test_run_cli_with_engines(exports, sample_video, tmp_path, capsys):
 
     source = exports("tiny_ckpt", 16)
     out = tmp_path / "out.json"
-    assert run.main(["--engines", str(source), "--video", str(sample_video), "--question", TURNS[0][0],
+    assert run.main(["--engines", str(source), "--video", str(sample_video), "--question", TURNS[0][0], "--frames", "16",
                      "--max-new-tokens", "4", "--stream", "--json", str(out), "--threads", "1"]) == 0
     data = json.loads(out.read_text())
     assert data["backend"] == "onnxruntime" and data["frames"] == 16 and len(data["token_ids"]) == 4
     assert data["text"] in capsys.readouterr().out
     # Interactive: follow-ups from stdin; a bad line is one error line and the session goes on.
     args = run.build_parser().parse_args(["--engines", str(source), "--video", str(sample_video), "--interactive",
-                                          "--max-new-tokens", "3", "--json", str(out)])
+                                          "--frames", "16", "--max-new-tokens", "3", "--json", str(out)])
     lines = iter([TURNS[0][0] + "\n", "<image>\n", TURNS[1][0] + "\n"])
     assert run.interactive(args, stdin=lines) == 2
     answers = json.loads(out.read_text())
     assert [a["question"] for a in answers] == [TURNS[0][0], TURNS[1][0]] and answers[1]["reused_rows"] > 1000
     assert "error: question contains '<image>'" in capsys.readouterr().err
     base = ["--engines", str(source), "--video", str(sample_video), "--question", "q"]
-    for extra, expected in ((["--frames", "8"], "exported for exactly 16 frames"),
+    for extra, expected in ((["--frames", "65"], "serve 1..64 frames"),
                             (["--max-new-tokens", "5000"], f"exceeds the maximum sequence length {MAX_SEQ_LEN}")):
         assert run.main(base + extra) == 2
         err = capsys.readouterr().err.strip().splitlines()
@@ -219,8 +204,7 @@ def test_run_cli_with_engines(exports, sample_video, tmp_path, capsys):
 def test_bench_with_export_folders(exports, sample_video, tmp_path, capsys):
     from slowfast_trt.tools import bench
 
-    exports("tiny_ckpt", 16), exports("tiny_ckpt", 32)
-    root = exports("tiny_ckpt", 16).parent
+    root = exports("tiny_ckpt")  # one export for every frame count
     out = tmp_path / "bench.json"
     assert bench.main(["--engines", str(root), "--video", str(sample_video), "--frames", "16", "32",
                        "--new-tokens", "4", "--runs", "1", "--warmup", "0", "--threads", "1", "--json", str(out)]) == 0
@@ -241,5 +225,5 @@ def test_bench_with_export_folders(exports, sample_video, tmp_path, capsys):
     assert bench.main(["--engines", str(root), "--video", str(sample_video), "--frames", "16",
                        "--decode-steps", "cuda-graph"]) == 2  # on CPU: one line, exit 2
     assert "needs a CUDA device" in capsys.readouterr().err
-    assert bench.main(["--engines", str(root), "--video", str(sample_video), "--frames", "8"]) == 2
-    assert "no export for 8 frames (exports found for 16, 32)" in capsys.readouterr().err
+    assert bench.main(["--engines", str(root), "--video", str(sample_video), "--frames", "65"]) == 2
+    assert "no export serves 65 frames (exports found for 1..64)" in capsys.readouterr().err

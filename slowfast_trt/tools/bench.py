@@ -19,8 +19,9 @@ every 100 ms: mean module power (``VDD_IN``, or AGX Orin's three input rails) in
 (GPU) load in %, and peak RAM in MB (the whole board's, CPU and GPU share it). Elsewhere these
 columns are None (``-`` in the table).
 
-An export folder is built for one frame count; ``--engines`` may name one export folder or
-a folder of export folders (one per frame count, e.g. ``engines/f8``, ``engines/f64``).
+One export folder serves every frame count from 1 to its ``max_frames``, so ``--frames 16 64``
+runs on one export; ``--engines`` may also name a folder of export folders (the first that
+serves a count runs it).
 The table goes to stdout, ``--json`` writes the same numbers. Bad input ends with one
 ``error: ...`` line on stderr and exit status 2.
 """
@@ -141,7 +142,8 @@ def tegra_fields(samples) -> dict:
 
 
 def _sources(args) -> dict[int, str]:
-    """Frame count -> model source (one checkpoint for all, or the matching export folder)."""
+    """Frame count -> model source: one checkpoint for all, or the export folder serving that
+    count (one export serves 1..its max_frames; a folder of export folders is searched in order)."""
     if bool(args.ckpt) == bool(args.engines):
         raise ValueError("give exactly one of --ckpt and --engines")
     if args.ckpt:
@@ -154,14 +156,24 @@ def _sources(args) -> dict[int, str]:
     folders = [root] if (root / "manifest.json").is_file() else sorted(p for p in root.iterdir() if (p / "manifest.json").is_file())
     if not folders:
         load_manifest(root)  # raises: not an export folder
-    by_frames = {int(load_manifest(folder)["frames"]): str(folder) for folder in folders}
-    missing = [n for n in args.frames if n not in by_frames]
+    ranges = {}
+    for folder in folders:
+        manifest = load_manifest(folder)
+        ranges[str(folder)] = int(manifest.get("max_frames", manifest["frames"]))
+    found, missing = {}, []
+    for n in args.frames:
+        folder = next((f for f, high in ranges.items() if n <= high), None)
+        if folder is None:
+            missing.append(n)
+        else:
+            found[n] = folder
     if missing:
+        served = ", ".join(f"1..{high}" for high in sorted(set(ranges.values())))
         raise ValueError(
-            f"--engines {root}: no export for {', '.join(map(str, missing))} frames (exports found for "
-            f"{', '.join(map(str, sorted(by_frames)))}); export one per frame count with --frames N"
+            f"--engines {root}: no export serves {', '.join(map(str, missing))} frames (exports found for {served}); "
+            "re-export with --max-frames N"
         )
-    return {n: by_frames[n] for n in args.frames}
+    return found
 
 
 def one_run(rt, video: str, frames: int, new_tokens: int) -> dict:
