@@ -6,12 +6,13 @@ from pathlib import Path
 from typing import Any
 
 from slowfast_trt.models.family import ModelFamily
+from slowfast_trt.models.longvu.family import LONGVU
 from slowfast_trt.models.qwen2.config import read_config_json
 from slowfast_trt.models.slowfast.family import SLOWFAST
 
 __all__ = ["BUILTIN", "family_named", "family_of_checkpoint", "family_of_config", "families", "register"]
 
-BUILTIN: tuple[ModelFamily, ...] = (SLOWFAST,)
+BUILTIN: tuple[ModelFamily, ...] = (SLOWFAST, LONGVU)
 _FAMILIES: dict[str, ModelFamily] = {}
 
 
