@@ -131,17 +131,20 @@ def test_upload_data_url_and_http_give_the_same_answer(server, media):
         assert gone.status_code == 404 and gone.json()["error"]["code"] == "video_not_found"
 
 
-def test_live_streams_answer_501_until_the_runtime_has_them(server):
-    import openai
-
+def test_live_stream_from_a_media_file(server, media):
     with server.http() as http:
-        for method, path in (("POST", "/v1/streams"), ("GET", "/v1/streams/stream-x"), ("DELETE", "/v1/streams/stream-x")):
-            response = http.request(method, path, json={"source": "rtsp://camera", "window": 8})
-            assert response.status_code == 501, (method, path, response.text)
-            assert "open_stream" in response.json()["error"]["message"]
-    with pytest.raises(openai.APIStatusError) as info:
-        _ask(server.client(), server.model, [video_message("stream://stream-x")])
-    assert info.value.status_code == 501
+        for bad in ("/dev/video0", "file:///etc/passwd", "file:../x.mp4"):
+            refused = http.post("/v1/streams", json={"source": bad, "window": 4})
+            assert refused.status_code == 400 and "\n" not in refused.json()["error"]["message"], bad
+        created = http.post("/v1/streams", json={"source": "file:a.mp4", "window": 4, "policy": "recent"})
+        assert created.status_code == 200, created.text
+        stream_id = created.json()["id"]
+        answer = _ask(server.client(), server.model, [video_message(f"stream://{stream_id}")], max_tokens=4)
+        assert answer.usage.completion_tokens == 4 and answer.choices[0].message.content
+        info = http.get(f"/v1/streams/{stream_id}").json()
+        assert info["stats"]["encoded"] >= 1
+        assert http.delete(f"/v1/streams/{stream_id}").json()["deleted"] is True
+        assert http.get(f"/v1/streams/{stream_id}").status_code == 404
 
 
 def test_web_page_is_served_without_a_key(server):

@@ -296,6 +296,20 @@ class _FakeRuntime:
         return session
 
 
+def test_live_streams_answer_501_without_open_stream(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from slowfast_trt.server.app import create_app
+
+    config = ServerConfig(media_dir=tmp_path, model_name="fake", data_dir=tmp_path / "data")
+    with TestClient(create_app(_FakeRuntime(), config)) as client:
+        for method, path in (("POST", "/v1/streams"), ("GET", "/v1/streams/stream-x"), ("DELETE", "/v1/streams/stream-x")):
+            response = client.request(method, path, json={"source": "rtsp://camera", "window": 8})
+            assert response.status_code == 501 and "open_stream" in response.json()["error"]["message"]
+        chat = client.post("/v1/chat/completions", json={"model": "fake", "messages": [_video("stream://stream-x")]})
+        assert chat.status_code == 501
+
+
 @pytest.mark.parametrize("runtime, status, text", [
     (_FakeRuntime(fail=True), 500, "internal server error"),
     (_FakeRuntime(delay=0.3), 504, "time limit"),

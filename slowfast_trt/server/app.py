@@ -49,7 +49,7 @@ class Server:
         self.media = MediaResolver(config, self.store, self.uploads)
         self.scheduler = Scheduler(config.max_queue,
                                    on_cancel=lambda reason: self.metrics.inc("slowfast_cancelled_total", reason=reason))
-        self.live = LiveStreams(runtime, self.scheduler.call)
+        self.live = LiveStreams(runtime, self.scheduler.call, config, self.store, self.uploads)
         self.engine = ChatEngine(runtime, config, self.metrics, self.live)
         # JSON bodies carry base64 media: 4 characters per 3 bytes, plus the rest of the request.
         self.body_limit = config.max_upload_bytes * 4 // 3 + (1 << 20)

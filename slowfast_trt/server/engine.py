@@ -129,7 +129,9 @@ class ChatEngine:
     def _key(self, media: ResolvedMedia, part) -> VideoKey:
         if media.kind == "image":
             return VideoKey(media.sha256, "image", 1)
-        frames = part.nframes or self.rt.frames or self.rt.default_frames
+        # The runtime's own default when the request names no count: min(default, most served).
+        most = getattr(self.rt, "max_frames", None) or self.rt.frames or self.rt.default_frames
+        frames = part.nframes or min(self.rt.default_frames, most)
         sampling = "fps" if part.fps is not None else "uniform"
         return VideoKey(media.sha256, "video", frames, sampling, part.fps, part.start, part.end)
 

@@ -22,7 +22,8 @@ _CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inlin
 def _model(server) -> dict:
     rt = server.runtime
     return {"id": server.config.model_name, "object": "model", "created": _STARTED, "owned_by": "slowfast_trt",
-            "max_model_len": rt.max_seq_len, "frames": rt.frames, "backend": rt.backend}
+            "max_model_len": rt.max_seq_len, "max_frames": getattr(rt, "max_frames", rt.frames),
+            "default_frames": rt.default_frames, "backend": rt.backend}
 
 
 @guarded.get("/v1/models")

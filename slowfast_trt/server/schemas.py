@@ -96,8 +96,9 @@ class StreamRequest(_Loose):
     """``POST /v1/streams``: a live source and how many recent frames the model sees."""
 
     source: str = Field(min_length=1)
-    window: int = Field(16, ge=1, le=4096)
-    fps: float | None = Field(None, gt=0, le=1000)
+    window: int | None = Field(None, ge=1, le=4096)  # default: the runtime's (its default frames)
+    policy: Literal["recent", "uniform"] = "recent"
+    fps: float | None = Field(None, gt=0, le=1000)  # keep one frame per 1 / fps seconds
 
 
 def parse_json_body(raw: bytes) -> object:
