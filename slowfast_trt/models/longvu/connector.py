@@ -4,7 +4,7 @@
 |----------------|-------------------|-------|-----------------------------------------------------------|
 | siglip         | (K, 576, C_sig)   | T     | SigLIP features of the kept frames                        |
 | dino           | (K, 576, C_dino)  | T     | DINOv2 features of the same frames                        |
-| cell_mask      | (Q, 2*r*r)        | bool  | per query cell, which of its tower tokens are visible     |
+| cell_bias      | (Q, 2*r*r)        | f32   | per query cell: 0 for a visible tower token, -inf if not  |
 | -> high        | (K, Q, hidden)    | T     | high-resolution tokens (12 x 12 grid, row-major)          |
 | -> low         | (K, l*l, hidden)  | T     | low-resolution tokens (8 x 8 grid)                        |
 
@@ -36,7 +36,13 @@ from torch import nn
 
 from slowfast_trt.models.longvu.config import SVA_HEADS, TOWER_GRID, LongVUConfig
 
-__all__ = ["Connector", "group_cells"]
+__all__ = ["Connector", "cell_bias", "group_cells"]
+
+
+def cell_bias(mask: torch.Tensor) -> torch.Tensor:
+    """(Q, 2*r*r) bool visibility -> float32 additive bias of the scores (0 / -inf)."""
+    zero = torch.zeros((), dtype=torch.float32, device=mask.device)
+    return torch.where(mask, zero, torch.full((), float("-inf"), device=mask.device))
 
 
 def _ln_linear(dim: int) -> nn.Sequential:
@@ -136,14 +142,13 @@ class Connector(nn.Module):
         self.vision_query = nn.Parameter(torch.zeros(1, dv))
         self.image_newline = nn.Parameter(torch.zeros(hidden))
 
-    def sample(self, siglip: torch.Tensor, dino: torch.Tensor, cell_mask: torch.Tensor) -> torch.Tensor:
+    def sample(self, siglip: torch.Tensor, dino: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """-> S (K, Q, Dv), the SVA output before the projector."""
         side = self.config.query_side
         f_sig, f_dino = self.aux_0(siglip), self.aux_1(dino)
         context = f_sig.mean(1, keepdim=True)  # K, 1, Dv: all 576 tokens (quirk 16)
         latents = (group_cells(f_sig, side), group_cells(f_dino, side))
-        zero = torch.zeros((), dtype=torch.float32, device=siglip.device)
-        bias = torch.where(cell_mask, zero, torch.full((), float("-inf"), device=siglip.device))[:, None, :]
+        bias = bias.to(torch.float32)[:, None, :]
         k = siglip.shape[0]
         queries = self.vision_query.to(f_sig.dtype).view(1, 1, -1).expand(k, side * side, -1)
         for layer in self.sampler.layers:
@@ -158,6 +163,7 @@ class Connector(nn.Module):
         out = F.interpolate(grid.to(torch.float32), size=(low, low), mode="bilinear", align_corners=False)
         return out.to(sampled.dtype).permute(0, 2, 3, 1).reshape(k, low * low, dv)
 
-    def forward(self, siglip: torch.Tensor, dino: torch.Tensor, cell_mask: torch.Tensor):
-        sampled = self.sample(siglip, dino, cell_mask)
+    def forward(self, siglip: torch.Tensor, dino: torch.Tensor, bias: torch.Tensor):
+        """-> high (K, Q, H), low (K, l*l, H); ``bias`` from :func:`cell_bias`."""
+        sampled = self.sample(siglip, dino, bias)
         return self.projector(sampled), self.projector(self.low_grid(sampled))

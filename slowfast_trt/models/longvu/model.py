@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from slowfast_trt.models.longvu.config import LongVUConfig, TowerConfig
-from slowfast_trt.models.longvu.connector import Connector
+from slowfast_trt.models.longvu.connector import Connector, cell_bias
 from slowfast_trt.models.longvu.towers import DinoTower, SiglipTower
 from slowfast_trt.models.qwen2.decoder import Qwen2Decoder
 
@@ -56,7 +56,7 @@ class LongVUModel(nn.Module):
 
     def connect(self, siglip: torch.Tensor, dino: torch.Tensor, cell_mask: torch.Tensor):
         """-> high (K, 144, H), low (K, 64, H) tokens of the kept frames."""
-        return self.connector(siglip, dino, cell_mask.to(siglip.device))
+        return self.connector(siglip, dino, cell_bias(cell_mask.to(siglip.device)))
 
     def embed(self, ids) -> torch.Tensor:
         """Token ids (a sequence of ints, no placeholder) -> (len, H)."""
