@@ -11,7 +11,11 @@ fixed addresses, so a step is expressed over buffers that never move:
   ``position_ids`` and ``past_length``: one int64 buffer owned by the step (the new row's
   position is the cache's valid length); slow K/V and ``slow_lengths``: the video's own tensors;
 * the new K/V rows go to staging buffers and are copied into the cache at ``past_length``
-  by ``index_copy_`` with that device-side index, inside the same graph.
+  by ``index_copy_`` with that device-side index, inside the same graph;
+* with a :class:`~slowfast_trt.runtime.device_sampling.DecodeHead` (device decoding), the
+  step also gathers its token's embedding into ``inputs_embeds`` first and samples the next
+  token from the logits last, so one graph runs embed -> decoder -> sample and only the token
+  id goes back to the host (:mod:`slowfast_trt.runtime.device_sampling`).
 
 Modes (``SlowFastRuntime.load(..., decode_steps=...)``):
 
@@ -22,8 +26,8 @@ Modes (``SlowFastRuntime.load(..., decode_steps=...)``):
 | ``cuda-graph``| as ``static``                    | captured at a video's first step, replayed |
 
 ``auto`` is ``cuda-graph`` for TensorRT and torch engines on CUDA and ``dynamic`` elsewhere
-(ONNX Runtime runs on its own stream and synchronises, so torch cannot capture it; on CPU
-``static`` only adds masked rows). The cost of ``static``: attention reads all ``max_len``
+(ONNX Runtime allocates and launches through its own allocator and stream inside a run, so
+torch cannot capture it; on CPU ``static`` only adds masked rows). The cost of ``static``: attention reads all ``max_len``
 cache rows every step (2 x layers x max_len x kv_heads x head_dim elements: 235 MB for 7B
 in fp16 at 4096 rows, 1.5% of its 15 GB of weights read per step), where a length-aware
 attention kernel would read only the valid ones.
@@ -84,8 +88,10 @@ class StaticDecodeStep:
     then records the step into a CUDA graph; later calls replay it.
     """
 
-    def __init__(self, engine: Engine, kv, fixed: Mapping[str, torch.Tensor], logits: torch.Tensor, capture: bool):
+    def __init__(self, engine: Engine, kv, fixed: Mapping[str, torch.Tensor], logits: torch.Tensor, capture: bool,
+                 head=None):
         spec, device = kv.spec, kv.spec.device
+        self.head = head  # DecodeHead or None: embedding gather before, sampling after the decoder
         # A captured step gets its own engine state (a TensorRT context of its own).
         self.engine = engine.for_capture() if capture else engine
         self._owns_engine = self.engine is not engine
@@ -125,10 +131,14 @@ class StaticDecodeStep:
         return self.logits
 
     def _body(self) -> None:
+        if self.head is not None:
+            self.head.embed()
         self.engine.run(self.feeds, self.outputs)
         kv = self.kv
         for cache, new in zip(kv.keys + kv.values, self._new_keys + self._new_values):
             cache.index_copy_(1, self.past_length, new)
+        if self.head is not None:
+            self.head.sample()
 
     def _warm_up_and_capture(self) -> None:
         # The eager run is this step's result. It runs on a side stream, as torch's capture
@@ -161,9 +171,10 @@ class StaticDecodeStep:
             self._owns_engine = False
 
 
-def _binding_key(engine: Engine, kv, fixed: Mapping[str, torch.Tensor]) -> tuple:
+def _binding_key(engine: Engine, kv, fixed: Mapping[str, torch.Tensor], head=None) -> tuple:
     tensors = list(kv.keys) + list(kv.values) + [fixed[name] for name in sorted(fixed)]
-    return (id(engine),) + tuple((t.data_ptr(), tuple(t.shape), t.dtype) for t in tensors)
+    bound = (id(engine),) + tuple((t.data_ptr(), tuple(t.shape), t.dtype) for t in tensors)
+    return bound + ((head.key,) if head is not None else ())
 
 
 class StaticStepCache:
@@ -175,16 +186,17 @@ class StaticStepCache:
         self._steps: OrderedDict[tuple, StaticDecodeStep] = OrderedDict()
 
     def get(self, engine: Engine, kv, fixed: Mapping[str, torch.Tensor], logits: torch.Tensor,
-            video=None) -> StaticDecodeStep:
+            video=None, head=None) -> StaticDecodeStep:
         """The step for this binding, made (and, capturing, recorded at its first run) if new.
-        ``video`` (a ``session.VideoState`` or None) is remembered for :meth:`drop_released`."""
+        ``video`` (a ``session.VideoState`` or None) is remembered for :meth:`drop_released`;
+        ``head`` (a ``DecodeHead``: what it gathers and how it samples) is part of the binding."""
         self.drop_released()
-        key = _binding_key(engine, kv, fixed)
+        key = _binding_key(engine, kv, fixed, head)
         step = self._steps.pop(key, None)
         if step is None or step.kv is not kv or step.video is not video:
             if step is not None:
                 step.release()
-            step = StaticDecodeStep(engine, kv, fixed, logits, self.capture)
+            step = StaticDecodeStep(engine, kv, fixed, logits, self.capture, head)
             step.video = video
         self._steps[key] = step
         while len(self._steps) > self.size:

@@ -2,7 +2,9 @@
 
 Past views in, new rows written into the cache's slots, then committed; with its few per-step
 buffers (token, embedding, position, logits) allocated once, a decode step allocates nothing.
-How one-token steps run (dynamic, static, CUDA graph) is :mod:`slowfast_trt.runtime.decode_graph`.
+How one-token steps run (dynamic, static, CUDA graph) is :mod:`slowfast_trt.runtime.decode_graph`;
+static and CUDA-graph steps also embed and sample on the device
+(:meth:`DecoderRunner.device_steps`, :mod:`slowfast_trt.runtime.device_sampling`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from slowfast_trt.runtime.decode_graph import StaticStepCache, resolve_decode_steps
+from slowfast_trt.runtime.device_sampling import DecodeHead, DeviceSampler, DeviceSteps
 from slowfast_trt.runtime.kv_cache import KVCache, slow_kv_names
 
 
@@ -51,6 +54,8 @@ class DecoderRunner:
         empty = torch.zeros((1, text.num_kv_heads, 1, text.head_dim), dtype=dt, device=dev)
         self._no_video = ([empty] * hybrid, [empty] * hybrid, torch.zeros(1, dtype=torch.int32, device=dev))
         self._names = slow_kv_names(hybrid)
+        self._sampler = None  # DeviceSampler, made at the first device decode
+        self._device_table = table if _same_device(table.device, torch.device(dev)) else None
 
     def synchronize(self) -> None:
         self._engine.synchronize()
@@ -95,14 +100,42 @@ class DecoderRunner:
         if self.decode_steps == "dynamic" or position != kv.length:
             self._position.fill_(position)
             return self.step(kv, video, self._embeds, self._position, self._rows[attend], self._offsets[attend])
+        self._static_step(kv, video, attend)
+        return self._logits[0]
+
+    def _static_step(self, kv: KVCache, video, attend: bool, head: DecodeHead | None = None, commit: bool = True) -> None:
+        """One static step at the cache's end (replayed from a CUDA graph when capturing); its row
+        is committed unless ``commit`` is False (device steps commit once the loop used the step)."""
         kv.check_fits(1, "the next token")
         engine, fixed = self._route(video, self._rows[attend], self._offsets[attend])
         # decoder_nocross binds nothing of the video: its step (and graph) serves every video.
         bound_video = video if fixed else None
         fixed = {**fixed, "inputs_embeds": self._embeds}
-        self._static.get(engine, kv, fixed, self._logits, bound_video).run(position)
-        kv.commit(1)
-        return self._logits[0]
+        self._static.get(engine, kv, fixed, self._logits, bound_video, head).run(kv.length)
+        if commit:
+            kv.commit(1)
+
+    def device_steps(self, kv: KVCache, video, attend: bool, before_step=None, on_step=None) -> DeviceSteps | None:
+        """Decode steps for :func:`slowfast_trt.generation.decode_loop` that gather the embedding,
+        run the decoder and sample on the device (one CUDA graph per step when capturing), or
+        None for ``dynamic`` steps (host sampling). ``before_step()`` runs before each step;
+        ``on_step(token)`` is told each generated token whose cache row was committed.
+
+        The embedding table must be on the device: a table kept on the host (an export's
+        memory-mapped file) is copied there at the first call (vocab x hidden elements:
+        1.1 GB for Qwen2-7B in fp16)."""
+        if self.decode_steps == "dynamic":
+            return None
+        if self._sampler is None:
+            dev = torch.device(self._model.device)
+            self._device_table = self._device_table if self._device_table is not None else self._model.embed_table.to(dev)
+            self._sampler = DeviceSampler(int(self._logits.shape[-1]), dev)
+
+        def make_head(program):
+            return DecodeHead(self._device_table, self._embeds, self._logits, self._sampler, program)
+
+        return DeviceSteps(self._sampler, make_head, lambda head: self._static_step(kv, video, attend, head, commit=False),
+                           kv, before_step=before_step, on_step=on_step)
 
     def close(self) -> None:
         """Release every static step and CUDA graph (before the engines they run on close)."""
@@ -112,3 +145,7 @@ class DecoderRunner:
         """Drop static steps (and their CUDA graphs) bound to a released cache or video, so
         their memory can go."""
         self._static.drop_released()
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    return a.type == b.type and (a.index or 0) == (b.index or 0)  # "cuda" is the current device, 0 here

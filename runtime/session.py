@@ -324,8 +324,14 @@ class VideoSession:
         first, turn.first_logits = turn.first_logits, None
         stops = set() if self.ignore_stop_tokens else self._stop_ids | set(turn.params.stop_token_ids)
         outcome = DecodeOutcome(ids=turn.ids)
+        # Static and CUDA-graph steps embed and sample on the device (None: host sampling).
+        device = self._runner.device_steps(
+            self._kv, self._video, attend,
+            before_step=(lambda: self._video.recompute_slow_kv(self._model))
+            if self.recompute_slow_kv_per_step and self._video is not None else None,
+            on_step=self._rows.append if attend else None)
         yield from decode_loop(first, step, turn.params, stops, self._model.tokenizer, turn.timings, outcome,
-                               synchronize=self._runner.synchronize)
+                               synchronize=self._runner.synchronize, device=device)
         turn.reason = outcome.reason
         self._finish(turn)
 

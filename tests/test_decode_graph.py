@@ -118,11 +118,13 @@ def test_static_decode_steps_generate_the_reference_tokens(ckpt, frames, exports
         check_conversation(rt, reference, encoded, video, mode)
     steps = [past for rows, past in pasts if rows == 1]
     assert steps and all(past == MAX_SEQ_LEN for past in steps)  # every decode step read the whole cache
-    assert len(rt._runner._static) == 2  # one binding per engine (nocross for upstream, decoder for attend)
+    # One binding per engine (nocross for upstream, decoder for attend) and sampling program
+    # (greedy turns, the seeded top-k turn: the device sampler is part of the step).
+    assert len(rt._runner._static) == 4
     upstream_steps = [step for step in rt._runner._static._steps.values() if step.video is None]
-    assert len(upstream_steps) == 1 and "slow_key_0" not in upstream_steps[0].feeds  # nocross: no video bound
+    assert len(upstream_steps) == 2 and all("slow_key_0" not in step.feeds for step in upstream_steps)  # nocross
     rt.generate(clips[frames][::-1].copy(), "What is happening in this video?", max_new_tokens=3)
-    assert len(rt._runner._static) == 2  # another video, upstream mode: the nocross step is reused
+    assert len(rt._runner._static) == 4  # another video, upstream mode: the nocross step is reused
     text = rt.generate(None, "Tell me a story about a cat.", max_new_tokens=6)
     from slowfast_trt.sampling import SamplingParams
 
