@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 from PIL import Image
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "IMAGE_SIZE",
     "center_crop",
     "normalize",
+    "normalize_tensor",
     "preprocess_frames",
     "resize_and_center_crop",
     "shortest_edge_size",
@@ -120,6 +122,23 @@ def normalize(frames: np.ndarray) -> np.ndarray:
     mean = np.asarray(CLIP_MEAN, dtype=np.float32)
     std = np.asarray(CLIP_STD, dtype=np.float32)
     return np.ascontiguousarray(((scaled - mean) / std).transpose(0, 3, 1, 2))
+
+
+def normalize_tensor(frames: torch.Tensor) -> torch.Tensor:
+    """:func:`normalize` in torch, on the frames' device: uint8 (T, H, W, 3) -> float32 (T, 3, H, W).
+
+    Bit-identical to :func:`normalize`: float32 ``x / 255`` equals the float64 rescale cast to
+    float32 for each of the 256 values, and the rest is the same float32 arithmetic. The result
+    is a channels-last view (NHWC in memory), the layout the vision tower runs in, so neither
+    the float64 intermediate of the numpy path nor a channels-first copy is made.
+    """
+    if not isinstance(frames, torch.Tensor) or frames.dtype != torch.uint8 or frames.dim() != 4 or frames.shape[-1] != 3:
+        kind = f"{frames.dtype} {tuple(frames.shape)}" if isinstance(frames, torch.Tensor) else type(frames).__name__
+        raise ValueError(f"normalize_tensor: frames must be a uint8 tensor (T, H, W, 3), got {kind}")
+    mean = torch.tensor(CLIP_MEAN, dtype=torch.float32, device=frames.device)
+    std = torch.tensor(CLIP_STD, dtype=torch.float32, device=frames.device)
+    x = frames.to(torch.float32).div_(255.0).sub_(mean).div_(std)
+    return x.permute(0, 3, 1, 2)
 
 
 def preprocess_frames(frames: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:

@@ -10,14 +10,14 @@ cache (P = max_len, every step the same shapes and addresses, what a CUDA graph 
 ``past_length`` masks the rows not yet written. Rows at or beyond ``past_length`` must hold
 finite values (the runtime's cache is zero-filled): a masked probability is exactly 0, and
 0 x finite = 0. Omitted (None), it is P. The new rows' keys attend causally among themselves.
-Attention is computed as two blocks, past and new, sharing one softmax, so the cache is read
-in place and never concatenated with the new rows (a copy of the whole cache per layer and
-step in a static graph).
+How attention is computed (eager prefill, eager decode step, exported graph) is described at
+:func:`causal_attention`.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from slowfast_trt.models.qwen2.config import TextConfig
@@ -72,38 +72,102 @@ def causal_attention(q, past_k, past_v, k, v, past_length=None) -> torch.Tensor:
 
     q: (B, L, H, D); past_k/past_v: (B, P, Hkv, D); k/v: (B, L, Hkv, D) -> (B, L, H*D).
     Row l sees past rows < ``past_length`` (a (1,) int64 tensor; None: all P) and new rows
-    0 .. l. Scores and softmax in float32 for half inputs (float64 stays float64).
+    0 .. l. Q, K and V stay in the model dtype (no float32 copy of the cache); products
+    accumulate in float32 and the softmax is float32 for half inputs (float64 stays float64).
 
-    The G query heads of a KV head are stacked as G*L rows of one matrix, so each block is one
-    (G*L, D) x (D, S) product per KV head: broadcasting K over a group axis instead makes
-    matmul expand K and V G times (measured on CPU at S = 8192: 123 ms against 1.8 ms a layer).
+    Three forms, one result:
+
+    * exported graphs (:func:`attention_graph`): one MatMul -> Add(mask) -> Softmax -> MatMul
+      chain over the past and new keys concatenated, the pattern TensorRT fuses into one
+      attention kernel;
+    * eager prefill (L > 1): ``scaled_dot_product_attention`` (causal, or with the mask when
+      there is a past), which never materialises the (L, P+L) scores on CPU or GPU;
+    * eager decode (L == 1): two blocks, past and new, sharing one softmax, so the cache is
+      read in place and never concatenated (a copy of the whole cache per layer and step in a
+      static graph); no host reads, so a CUDA graph can capture it.
     """
+    if torch.onnx.is_in_onnx_export():
+        return attention_graph(q, past_k, past_v, k, v, past_length)
     bsz, length, heads, dim = q.shape
-    kv_heads, past = k.shape[2], past_k.shape[1]
-    groups = heads // kv_heads
-    compute = torch.float64 if q.dtype == torch.float64 else torch.float32
-    qg = q.to(compute).reshape(bsz, length, kv_heads, groups, dim).permute(0, 2, 3, 1, 4)
-    qg = qg.reshape(bsz, kv_heads, groups * length, dim)  # B,Hkv,G*L,D
+    if length == 1:
+        return _decode_attention(q, past_k, past_v, k, v, past_length)
+    past = past_k.shape[1]
+    qt = q.transpose(1, 2)  # B,H,L,D (a view: SDPA takes strided inputs)
+    if past == 0:
+        ctx = F.scaled_dot_product_attention(qt, k.transpose(1, 2), v.transpose(1, 2), is_causal=True, enable_gqa=True)
+    else:
+        keys = torch.cat((past_k, k), dim=1).transpose(1, 2)
+        values = torch.cat((past_v, v), dim=1).transpose(1, 2)
+        mask = _visible(length, past, past_length, q.device)
+        ctx = F.scaled_dot_product_attention(qt, keys, values, attn_mask=mask, enable_gqa=True)
+    return ctx.transpose(1, 2).reshape(bsz, length, heads * dim)
 
+
+def _visible(length: int, past: int, past_length, device, groups: int = 1) -> torch.Tensor:
+    """(groups*L, P+L) bool: row g*L + l sees past rows < past_length and new rows 0 .. l."""
+    new_pos = torch.arange(length, device=device)
+    causal = new_pos[None, :] <= new_pos[:, None]
+    if past_length is None:
+        valid = torch.ones((1, past), dtype=torch.bool, device=device)
+    else:
+        valid = (torch.arange(past, device=device) < past_length)[None, :]
+    mask = torch.cat((valid.expand(length, past), causal), dim=1)
+    return mask if groups == 1 else mask.repeat(groups, 1)
+
+
+def _stack_groups(q: torch.Tensor, kv_heads: int) -> torch.Tensor:
+    """(B, L, H, D) -> (B, Hkv, G*L, D): a KV head's G query heads stacked as G*L rows, so each
+    product is one (G*L, D) x (D, S) matrix per KV head. Broadcasting K over a group axis
+    instead makes matmul expand K and V G times (measured on CPU at S = 8192: 123 ms against
+    1.8 ms a layer)."""
+    bsz, length, heads, dim = q.shape
+    qg = q.reshape(bsz, length, kv_heads, heads // kv_heads, dim).permute(0, 2, 3, 1, 4)
+    return qg.reshape(bsz, kv_heads, heads // kv_heads * length, dim)
+
+
+def _unstack_groups(ctx: torch.Tensor, length: int, dtype: torch.dtype) -> torch.Tensor:
+    bsz, kv_heads, rows, dim = ctx.shape
+    ctx = ctx.view(bsz, kv_heads, rows // length, length, dim)
+    return ctx.permute(0, 3, 1, 2, 4).reshape(bsz, length, rows * kv_heads * dim // length).to(dtype)
+
+
+def _softmax_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _decode_attention(q, past_k, past_v, k, v, past_length) -> torch.Tensor:
+    """L == 1: the past block and the new block share one softmax; the cache is read in place."""
+    dim, past, kv_heads = q.shape[-1], past_k.shape[1], k.shape[2]
+    qg = _stack_groups(q, kv_heads)  # B,Hkv,G,D
     # No reshape touches a key axis: it may be 0 (empty past), which ONNX Reshape reads as "copy".
-    def block_scores(keys):  # (B, S, Hkv, D) -> B,Hkv,G*L,S
-        return torch.matmul(qg, keys.to(compute).permute(0, 2, 3, 1)) * (dim**-0.5)
-
-    new_pos = torch.arange(length, device=q.device)
-    causal = (new_pos[None, :] <= new_pos[:, None]).repeat(groups, 1)  # (G*L, L): row g*L + l sees 0..l
-    scores_new = block_scores(k).masked_fill(~causal, float("-inf"))
-    scores_past = block_scores(past_k)
+    scores_past = torch.matmul(qg, past_k.permute(0, 2, 3, 1)).to(_softmax_dtype(q.dtype)) * (dim**-0.5)
+    scores_new = torch.matmul(qg, k.permute(0, 2, 3, 1)).to(scores_past.dtype) * (dim**-0.5)
     if past_length is not None:
         valid = torch.arange(past, device=q.device) < past_length  # (P,)
         scores_past = scores_past.masked_fill(~valid, float("-inf"))
-    probs = torch.softmax(torch.cat((scores_past, scores_new), dim=-1), dim=-1)
+    probs = torch.softmax(torch.cat((scores_past, scores_new), dim=-1), dim=-1).to(q.dtype)
+    ctx = torch.matmul(probs[..., :past], past_v.permute(0, 2, 1, 3)) + torch.matmul(probs[..., past:], v.permute(0, 2, 1, 3))
+    return _unstack_groups(ctx, 1, q.dtype)
 
-    def block_context(p, values):  # B,Hkv,G*L,S x (B, S, Hkv, D) -> B,Hkv,G*L,D
-        return torch.matmul(p, values.to(compute).permute(0, 2, 1, 3))
 
-    ctx = block_context(probs[..., :past], past_v) + block_context(probs[..., past:], v)
-    ctx = ctx.view(bsz, kv_heads, groups, length, dim)
-    return ctx.permute(0, 3, 1, 2, 4).reshape(bsz, length, heads * dim).to(q.dtype)
+def attention_graph(q, past_k, past_v, k, v, past_length=None) -> torch.Tensor:
+    """The exported form of :func:`causal_attention` (same arguments and result).
+
+    Q is scaled before the first product (TensorRT's fused attention requires it), the keys
+    are the past and new rows concatenated, and the mask is added to the scores:
+    ``MatMul -> Add -> [Cast float32] -> Softmax -> [Cast] -> MatMul`` on (B, Hkv, G*L, .)
+    tensors, plain multi-head attention with Hkv heads. Q, K and V stay in the model dtype;
+    the Casts exist only for half graphs."""
+    length, dim, kv_heads = q.shape[1], q.shape[-1], k.shape[2]
+    qg = _stack_groups(q, kv_heads) * (dim**-0.5)
+    keys = torch.cat((past_k, k), dim=1)
+    values = torch.cat((past_v, v), dim=1)
+    scores = torch.matmul(qg, keys.permute(0, 2, 3, 1))  # B,Hkv,G*L,P+L
+    visible = _visible(length, past_k.shape[1], past_length, q.device, qg.shape[2] // length)
+    zero = torch.zeros((), dtype=scores.dtype, device=q.device)
+    bias = torch.where(visible, zero, torch.full((), float("-inf"), dtype=scores.dtype, device=q.device))
+    probs = torch.softmax((scores + bias).to(_softmax_dtype(q.dtype)), dim=-1).to(q.dtype)
+    return _unstack_groups(torch.matmul(probs, values.permute(0, 2, 1, 3)), length, q.dtype)
 
 
 class Qwen2Layer(nn.Module):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 # timm convnext_xxlarge passes norm_eps=1e-5 to every LayerNorm.
@@ -67,10 +68,11 @@ class ConvNeXtSpec:
 
 
 class LayerNorm2d(nn.LayerNorm):
-    """LayerNorm over channels of an NCHW tensor."""
+    """LayerNorm over channels of an NCHW tensor (channels-last in memory: both permutes are views)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
 
 
 class Mlp(nn.Module):
@@ -93,10 +95,11 @@ class ConvNeXtBlock(nn.Module):
         self.layer_scale = nn.Parameter(torch.ones(dim)) if spec.layer_scale else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x is channels-last, so the NHWC view is contiguous: no copy for the norm and the MLP.
         y = self.mlp(self.norm(self.conv_dw(x).permute(0, 2, 3, 1)))
         if self.layer_scale is not None:
-            y = y * self.layer_scale
-        return x + y.permute(0, 3, 1, 2)
+            y = y.mul_(self.layer_scale)
+        return y.permute(0, 3, 1, 2).add_(x)  # y is this block's own buffer: x + y in place
 
 
 class ConvNeXtStage(nn.Module):
@@ -133,7 +136,15 @@ class ConvNeXtTower(nn.Module):
         return self.spec.dims[-1]
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = self.stem_norm(self.stem_conv(pixels))
+        """(N, 3, S, S) pixels, any memory format -> (N, (S/32)^2, C_last).
+
+        The tower runs channels-last (NHWC in memory, as timm's and oneDNN's fast path): the
+        convolutions take and give NHWC, and the LayerNorms and MLPs read the same memory
+        as contiguous rows, so no block copies its activations to change layout. A view of
+        uint8 NHWC frames normalised in place (what the runtime passes) is already
+        channels-last; other inputs are converted once here."""
+        x = pixels.contiguous(memory_format=torch.channels_last)
+        x = self.stem_norm(self.stem_conv(x))
         for stage in self.stages:
             x = stage(x)
         return x.flatten(2).transpose(1, 2)
