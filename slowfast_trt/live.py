@@ -147,7 +147,7 @@ class LiveSource:
             seconds = time.monotonic()
         if state["first"] is None:
             state["first"], state["wall"] = seconds, time.monotonic()
-        return max(0.0, float(seconds - state["first"]))
+        return round(max(0.0, float(seconds - state["first"])), 6)  # microseconds: no 2.5000000000000004
 
     def _sampled(self, ts: float, state) -> bool:
         if self.sample_fps is None:
