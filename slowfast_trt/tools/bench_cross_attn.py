@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark the slow-token cross-attention at Qwen2-7B shapes (H=28, Hkv=4, D=128) on one GPU.
 
 For each frame count (slow tokens = 81 x frames) it times a decode step (one row per sequence) and a
@@ -14,7 +13,9 @@ measured copy bandwidth, flops / measured bf16 matmul peak); both ceilings are m
 device-to-device copy and a large bf16 matmul). Calls are timed inside CUDA graphs when capture works
 (no Python overhead), else with CUDA events around an eager loop.
 
-    python plugins/slowFastCrossAttn/bench_cross_attn.py --frames 64 96 --json bench.json
+    python -m slowfast_trt.tools.bench_cross_attn --frames 16 64 96 --json bench.json
+
+(``python -m slowfast_trt.tools.gpu_check`` runs it with the other GPU checks.)
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class Result:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--frames", type=int, nargs="+", default=[64, 96], help="frame counts (81 slow tokens each)")
+    p.add_argument("--frames", type=int, nargs="+", default=[16, 64, 96], help="frame counts (81 slow tokens each)")
     p.add_argument("--decode-batch", type=int, nargs="+", default=[1, 8], help="sequences per decode step")
     p.add_argument("--prefill-rows", type=int, nargs="+", default=[64, 200], help="text rows of a prefill")
     p.add_argument("--dtype", choices=["bfloat16", "float16"], default="bfloat16")
