@@ -26,6 +26,7 @@ slices per sequence and reads them with ``tolist``.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def cross_attention_eager(
@@ -54,14 +55,14 @@ def cross_attention_eager(
         start, end, n = offsets[b], offsets[b + 1], lengths[b]
         if end <= start or n == 0:
             continue
-        # (r, Hkv, G, D) against (Hkv, n, D): no repeat of K/V across the query heads of a group.
-        q = query[start:end].to(compute).reshape(end - start, num_kv_heads, groups, head_dim)
+        # A KV head's r*G query rows against its (n, D) keys, one fused SDPA call (scores never
+        # materialised on CPU); no repeat of K/V across the query heads of a group.
+        r = end - start
+        q = query[start:end].to(compute).reshape(r, num_kv_heads, groups, head_dim).transpose(0, 1)
         k = slow_key[b, :, :n].to(compute)
         v = slow_value[b, :, :n].to(compute)
-        scores = torch.einsum("rkgd,knd->rkgn", q, k) * scale
-        probs = torch.softmax(scores, dim=-1)
-        ctx = torch.einsum("rkgn,knd->rkgd", probs, v)
-        out[start:end] = ctx.reshape(end - start, num_heads, head_dim)
+        ctx = F.scaled_dot_product_attention(q.reshape(num_kv_heads, r * groups, head_dim), k, v, scale=scale)
+        out[start:end] = ctx.view(num_kv_heads, r, groups, head_dim).transpose(0, 1).reshape(r, num_heads, head_dim)
     return _apply_gate(out.reshape(rows, num_heads * head_dim), query, residual, gate, compute)
 
 
