@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from server_helpers import FOLLOWUP, QUESTION, ServerProcess, file_url, shared_export, shared_media, video_message
+from server_helpers import FOLLOWUP, ServerProcess, file_url, shared_export, shared_media, video_message
 
 pytest.importorskip("fastapi")
 pytest.importorskip("openai")
