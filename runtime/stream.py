@@ -326,7 +326,8 @@ class StreamSession:
     def stats(self) -> dict:
         """Counters, the mean and last per-frame encode ms, the window and the source's counters."""
         encoded = max(self.counts["encoded"], 1)
-        out = {**self.counts, "frames_held": len(self._window), "interval": self._window.interval,
+        out = {**self.counts, "window": self._window.size, "policy": self._window.policy,
+               "frames_held": len(self._window), "interval": self._window.interval,
                "mean_encode_ms": {k: v / encoded for k, v in self._encode_sums.items()},
                "last_encode_ms": dict(self.last_encode_ms), "ended": self._ended}
         if self._source is not None:

@@ -5,6 +5,8 @@
         [--decode-mode upstream|attend] [--backend auto|tensorrt|onnxruntime|torch]
         [--stream] [--json OUT]
     python -m slowfast_trt.run --engines DIR --video FILE --interactive   # questions from stdin
+    python -m slowfast_trt.run --engines DIR --video SOURCE --live [--window N] [--policy recent|uniform]
+        [--sample-fps F] [--question Q --ask-every S]   # a live source (see slowfast_trt.cli.live)
     python -m slowfast_trt.run --demo      # export the built-in tiny checkpoint, run it on a sample video
 
 ``--engines`` runs an export folder (TensorRT when it has engines and TensorRT is present,
@@ -24,6 +26,7 @@ import time
 import warnings
 from pathlib import Path
 
+from slowfast_trt.cli import live
 from slowfast_trt.cli.errors import run_cli
 from slowfast_trt.models.slowfast.config import SlowFastConfig
 
@@ -63,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--stream", action="store_true", help="print the answer as it is generated")
     out.add_argument("--interactive", action="store_true", help="read questions from stdin, one per line, as follow-ups")
     out.add_argument("--json", dest="json_out", help="write the result (a list in interactive mode) as JSON to this file")
+    live.add_arguments(p)
     return p
 
 
@@ -209,10 +213,22 @@ def interactive(args, stdin=None) -> int:
     return status
 
 
+def run_live(args, stdin=None) -> int:
+    """``--live``: questions about a live source while it plays (:mod:`slowfast_trt.cli.live`)."""
+    live.check_arguments(args)
+    source = args.ckpt or args.engines
+    if args.demo or not source or not args.video:
+        raise ValueError("--live needs --engines DIR (or --ckpt) and --video SOURCE (a file, URL or /dev/video0)")
+    sampling = _sampling(args)
+    return live.run_live(args, load_runtime(args, source), sampling, stdin)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
+        if args.live:
+            return run_live(args)
         if args.interactive:
             return interactive(args)
         out = run(args)
