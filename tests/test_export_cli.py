@@ -77,10 +77,11 @@ def test_export_writes_folder_and_manifest(tiny_ckpt, tmp_path, capsys, fake_exp
     out = tmp_path / "export"
     code, stdout, err = run_cli(capsys, *base_args(tiny_ckpt, out))
     assert code == 0, err
-    assert "[export" in err and "[5/6] decoder" in err  # progress on stderr
+    assert "[export" in err and "[6/7] decoder" in err  # progress on stderr
     assert str(out) in stdout
     names = {p.name for p in out.iterdir()}
-    graphs = {"vision.onnx", "pooler.onnx", "slow_kv.onnx", "decoder.onnx", "decoder_nocross.onnx", "embed_tokens.npy"}
+    graphs = {"vision.onnx", "projector.onnx", "fast_pool.onnx", "slow_kv.onnx", "decoder.onnx", "decoder_nocross.onnx",
+              "embed_tokens.npy"}
     assert {"manifest.json", "config.json", "generation_config.json", "decoder.onnx.data"} | graphs <= names
     assert TOKENIZER_FILES <= names and "model.safetensors" not in names
     assert (out / "config.json").read_bytes() == (tiny_ckpt / "config.json").read_bytes()
@@ -88,7 +89,7 @@ def test_export_writes_folder_and_manifest(tiny_ckpt, tmp_path, capsys, fake_exp
 
     (call,) = fake_export.calls
     assert call["precision"] == "float32" and str(call["dtype"]) == "torch.float32"
-    assert (call["frames"], call["max_seq_len"]) == (16, 2048)
+    assert (call["frames"], call["max_seq_len"]) == (64, 2048)  # the graphs serve 1..64 (training frames)
     assert call["out_dir"].parent == tmp_path and call["out_dir"] != out  # staged beside --out
 
     manifest = load_manifest(out)
@@ -96,6 +97,7 @@ def test_export_writes_folder_and_manifest(tiny_ckpt, tmp_path, capsys, fake_exp
     assert manifest["package_version"] == __version__
     assert manifest["source"]["checkpoint"] == str(tiny_ckpt) and "safetensors header" in manifest["source"]["hash_method"]
     assert (manifest["precision"], manifest["dtype"], manifest["frames"], manifest["max_seq_len"]) == ("fp32", "float32", 16, 2048)
+    assert (manifest["max_frames"], manifest["frame_range"]) == (64, [1, 64])  # --frames 16 is the default count
     assert manifest["vocab_rows"] == call["vocab_rows"] < manifest["config"]["text"]["vocab_size"]
     assert manifest["visual_tokens"]["slow"] == 1296 and manifest["visual_tokens"]["fast"] == 1296
     assert manifest["config"]["derived"]["hybrid_layers"] == [0, 2]
@@ -162,7 +164,8 @@ def test_failed_export_leaves_nothing_and_force_keeps_old(tiny_ckpt, tmp_path, c
 @pytest.mark.parametrize(
     "extra, fragment",
     [
-        (["--frames", "0"], "--frames must be >= 1, got 0"),
+        (["--frames", "0"], "--frames must be an integer >= 1, got 0"),
+        (["--frames", "65", "--max-frames", "64"], "--frames 65: exceeds --max-frames 64"),
         (["--max-seq-len", "1296"], "--max-seq-len 1296: must exceed the 1296 fast tokens"),
         (["--max-seq-len", "40000"], "exceeds max_position_embeddings 32768"),
     ],
@@ -230,7 +233,8 @@ def test_tensorrt_onnx_only_strips_and_lints(tiny_ckpt, tmp_path, capsys, fake_e
     assert manifest["backend"] == "tensorrt" and manifest["engines"] is None
     assert manifest["subgraphs"]["decoder"]["trt_file"] == "decoder.trt.onnx"
     assert "trt_file" not in manifest["subgraphs"]["embed"]
-    assert manifest["trt_lint"] == {name: [] for name in ("vision", "pooler", "slow_kv", "decoder", "decoder_nocross")}
+    assert manifest["trt_lint"] == {name: [] for name in ("vision", "projector", "fast_pool", "slow_kv", "decoder",
+                                                          "decoder_nocross")}
     assert manifest["visual_tokens"]["slow"] == 2592 and manifest["visual_tokens"]["fast"] == 1296
     assert lint_model(out / "decoder.trt.onnx") == []
     assert len(lint_model(out / "decoder.onnx")) == 1  # the function, kept for ONNX Runtime
@@ -269,7 +273,7 @@ def test_real_export_tensorrt_onnx_only_lints_clean(tiny_ckpt, tmp_path):
     manifest = load_manifest(out)
     check_manifest(manifest, __version__, ckpt_hash=checkpoint_fingerprint(tiny_ckpt))
     onnx_graphs = {name: entry for name, entry in manifest["subgraphs"].items() if entry["file"].endswith(".onnx")}
-    assert {"vision", "pooler", "slow_kv", "decoder"} <= set(onnx_graphs)
+    assert {"vision", "projector", "fast_pool", "slow_kv", "decoder"} <= set(onnx_graphs)
     for name, entry in onnx_graphs.items():
         assert (out / entry["file"]).is_file() and (out / entry["trt_file"]).is_file()
         assert manifest["trt_lint"][name] == [], (name, manifest["trt_lint"][name])

@@ -194,7 +194,7 @@ def test_bad_input_leaves_the_session_usable(tiny_ckpt, loaded, encodings, clips
     conversation = Conversation(turns=[ChatTurn(TURNS[0][0], first.text), ChatTurn(TURNS[1][0])])
     expected = reference.generate(video=encodings("tiny_ckpt", 16), conversation=conversation, sampling=SamplingParams(max_new_tokens=8))
     assert second.token_ids == expected.token_ids
-    for frames, match in ((clips[16].astype("float32"), "uint8"), (clips[16][0], "shape"), ("nope.mp4", "no such file")):
+    for frames, match in ((clips[16].astype("float32"), "uint8"), (clips[16][0, :, :, 0], "shape"), ("nope.mp4", "no such file")):
         with pytest.raises(ValueError, match=match):
             rt.open_video(frames)
     with pytest.raises(ValueError, match="holds 16 frames"):

@@ -1,7 +1,7 @@
 """``python -m slowfast_trt.export``: a checkpoint -> an export folder (ONNX graphs, manifest, engines).
 
     python -m slowfast_trt.export --ckpt CKPT --out DIR [--backend tensorrt|onnxruntime]
-        [--precision fp32|fp16|bf16|int4-awq] [--frames N] [--max-seq-len L] [--onnx-only] [--force]
+        [--precision fp32|fp16|bf16|int4-awq] [--max-frames N] [--frames N] [--max-seq-len L] [--onnx-only] [--force]
 
 What each option does and what the folder holds: :mod:`slowfast_trt.export.pipeline`. Progress goes to
 stderr; bad input ends with one ``error: ...`` line on stderr and exit status 2.
@@ -29,7 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tensorrt (default): ONNX, then engines; onnxruntime: ONNX only")
     p.add_argument("--precision", choices=tuple(dtypes.PRECISIONS), default="fp16",
                    help="weight and activation precision (default fp16; bf16 needs --backend tensorrt)")
-    p.add_argument("--frames", type=int, default=None, help="frames per video (default: the checkpoint's training frames)")
+    p.add_argument("--max-frames", type=int, default=None,
+                   help="the graphs serve every video of 1..N frames (default: the checkpoint's training frames)")
+    p.add_argument("--frames", type=int, default=None,
+                   help="default frames sampled from a video file (default: the training frames, at most --max-frames)")
     p.add_argument("--max-seq-len", type=int, default=None, help=f"KV-cache length (default {DEFAULT_MAX_SEQ_LEN})")
     p.add_argument("--onnx-only", action="store_true", help="with --backend tensorrt: stop after ONNX, build no engines")
     p.add_argument("--force", action="store_true",
@@ -52,10 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         request = ExportRequest(ckpt=args.ckpt, out=args.out, backend=args.backend, precision=args.precision,
                                 frames=args.frames, max_seq_len=args.max_seq_len, onnx_only=args.onnx_only,
-                                force=args.force)
+                                force=args.force, max_frames=args.max_frames)
         plan, manifest = export_checkpoint(request, stderr_progress())
         print(
-            f"exported {', '.join(manifest['subgraphs'])} ({plan.precision}, {plan.frames} frames, "
+            f"exported {', '.join(manifest['subgraphs'])} ({plan.precision}, 1..{plan.frame_range[1]} frames, "
+            f"default {plan.frames}, "
             f"max_seq_len {plan.max_seq_len}, backend {plan.backend}) to {plan.out}"
         )
 

@@ -3,6 +3,8 @@
     python -m slowfast_trt.bench (--engines DIR | --ckpt CKPT) --video FILE --frames N [N ...]
         [--new-tokens K] [--runs R] [--warmup W] [--decode-mode upstream|attend]
         [--decode-steps auto|dynamic|static|cuda-graph ...] [--json OUT]
+    python -m slowfast_trt.bench --stream ... --frames N   # a live window of N vs the same N frames as a clip
+                                                          # (slowfast_trt.tools.bench_stream)
 
 For each frame count: decode and preprocess the video, run the vision tower, pooler and
 slow K/V projection once, prefill, decode exactly ``K`` tokens, ask a follow-up in the same
@@ -67,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (ONNX Runtime, and torch for --ckpt)")
     p.add_argument("--vision-batch", type=int, default=None, help="frames per vision call (default: all at once)")
     p.add_argument("--json", dest="json_out", help="write the results as JSON to this file")
+    p.add_argument("--stream", action="store_true",
+                   help="live window vs clip: per-frame encode ms, camera rate, question TTFT (--frames: window sizes)")
     return p
 
 
@@ -256,6 +260,16 @@ def _cell(value) -> str:
     return f"{value:>9}"
 
 
+def release_runtimes(loaded: dict) -> None:
+    """Close every runtime in ``loaded`` and give its memory back (sessions, engines, caches)
+    before another export is loaded: two held at once is two copies of the weights."""
+    from slowfast_trt.models.slowfast.checkpoint import trim_memory
+
+    while loaded:
+        loaded.popitem()[1].close()
+    trim_memory()  # gc + malloc_trim
+
+
 def bench(args) -> dict:
     from slowfast_trt.runtime.slowfast_runtime import SlowFastRuntime
 
@@ -273,10 +287,11 @@ def bench(args) -> dict:
         torch.set_num_threads(args.threads)
     rows, info = [], {}
     for steps in dict.fromkeys(args.decode_steps):
-        loaded = {}
+        loaded = {}  # at most one runtime: the previous export is released before the next loads
         for frames in args.frames:
             source = sources[frames]
             if source not in loaded:
+                release_runtimes(loaded)
                 kwargs = dict(dtype=args.dtype) if args.ckpt else dict(threads=args.threads)
                 device = args.device or ("cpu" if args.ckpt else None)
                 loaded[source] = SlowFastRuntime.load(source, backend=args.backend, device=device,
@@ -288,8 +303,7 @@ def bench(args) -> dict:
             row.update(measure(rt, args.video, frames, args.new_tokens, args.runs, args.warmup))
             rows.append(row)
             print(f"[bench] {frames} frames, decode steps {info['decode_steps']} done", file=sys.stderr, flush=True)
-        for rt in loaded.values():
-            rt.close()
+        release_runtimes(loaded)
     first = [r for r in rows if r["decode_steps"] == rows[0]["decode_steps"]]
     return {
         "backend": info.get("backend"), "device": info.get("device"), "dtype": info.get("dtype"),
@@ -316,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args) -> int:
+    if args.stream:
+        return _main_stream(args)
     start = time.perf_counter()
     out = bench(args)
     out["wall_s"] = round(time.perf_counter() - start, 3)
@@ -331,6 +347,26 @@ def _main(args) -> int:
     for ratio in out["decode_steps_ratios"]:
         print(f"decode ms/token at {ratio['frames']} frames, {ratio['decode_steps']} over {ratio['versus']}: "
               f"x{ratio['ms_per_token_ratio']:.2f}")
+    return 0
+
+
+def _main_stream(args) -> int:
+    from slowfast_trt.tools import bench_stream
+
+    if args.runs < 1 or any(n < 2 for n in args.frames):
+        raise ValueError(f"--stream needs --runs >= 1 and windows (--frames) >= 2, got {args.runs} and {args.frames}")
+    if not Path(args.video).is_file():
+        raise ValueError(f"{args.video}: no such file")
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    out = bench_stream.run(args)
+    out["wall_s"] = round(time.perf_counter() - start, 3)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(out, indent=2) + "\n")
+    print(bench_stream.format_report(out))
     return 0
 
 
