@@ -48,6 +48,7 @@ from slowfast_trt.detokenize import TextStream
 from slowfast_trt.runtime.decoder_runner import DecoderRunner
 from slowfast_trt.runtime.encoder import RuntimeModel, VideoState, check_frames
 from slowfast_trt.runtime.kv_cache import KVCache
+from slowfast_trt.runtime.serialize import ClosedError, locked_steps
 
 __all__ = [
     "RuntimeModel",
@@ -128,14 +129,16 @@ class _Turn:
     ids: list[int] = field(default_factory=list)
     reason: str = "length"
     first_logits: torch.Tensor | None = None
+    serial: int = 0  # which question of its session this is (a later one takes the session over)
 
 
 class VideoSession:
     """A conversation about one video (or a text-only chat when ``video`` is None).
 
     Obtain one from ``SlowFastRuntime.open_video``; ask with :meth:`ask` or :meth:`stream`;
-    :meth:`close` frees the video and the KV cache (or use it as a context manager). Not
-    thread-safe: one question at a time per runtime.
+    :meth:`close` frees the video and the KV cache (or use it as a context manager). Threads:
+    every call holds the runtime's lock (:mod:`slowfast_trt.runtime.serialize`); one question
+    at a time per session (a new one ends an unfinished stream of the previous one).
     """
 
     def __init__(self, model: RuntimeModel, runner: DecoderRunner, video: VideoState | None, kv: KVCache,
@@ -152,6 +155,7 @@ class VideoSession:
         self._owns_video = owns_video
         self._stop_ids = set(stop_token_ids(model.tokenizer))
         self._video_timings_pending = True
+        self._serial = 0  # questions begun (the cache holds the rows of the latest)
         # Benchmark switches: recompute the slow K/V before every decode step (upstream's cost),
         # and generate exactly max_new_tokens whatever the model samples.
         self.recompute_slow_kv_per_step = False
@@ -188,10 +192,11 @@ class VideoSession:
         return self._ask(question, sampling_params(**sampling))
 
     def _ask(self, question: str, params: SamplingParams) -> RuntimeResult:
-        turn = self._begin(question, params)
-        for _ in self._decode(turn):
-            pass
-        return self.last_result
+        with self._model.lock:  # the whole answer: another thread's call waits for it
+            turn = self._begin(question, params)
+            for _ in self._decode(turn):
+                pass
+            return self.last_result
 
     def stream(self, question: str, **sampling) -> TextStream:
         """Like :meth:`ask`, but iterate the returned stream for text pieces as they decode.
@@ -202,8 +207,11 @@ class VideoSession:
         return self._stream(question, sampling_params(**sampling))
 
     def _stream(self, question: str, params: SamplingParams, on_done=None) -> TextStream:
-        turn = self._begin(question, params)
-        return TextStream(self._model.tokenizer, self._decode(turn), params.stop_strings,
+        with self._model.lock:
+            turn = self._begin(question, params)
+        # The lock is held for each decode step only: other calls run between the pieces.
+        tokens = locked_steps(self._model.lock, self._decode(turn), lambda: self._check_turn(turn))
+        return TextStream(self._model.tokenizer, tokens, params.stop_strings,
                           result=lambda: self.last_result, on_done=on_done)
 
     def reset(self) -> None:
@@ -226,6 +234,10 @@ class VideoSession:
 
     def close(self) -> None:
         """Free the encoded video (if this session encoded it) and give the KV cache back; idempotent."""
+        with self._model.lock:  # not while another thread runs a step on the shared runner
+            self._close()
+
+    def _close(self) -> None:
         if self._kv is None:
             return
         kv, self._kv = self._kv, None
@@ -256,7 +268,14 @@ class VideoSession:
 
     def _check_open(self) -> None:
         if self._kv is None:
-            raise ValueError("this video session is closed; open a new one with SlowFastRuntime.open_video")
+            raise ClosedError("this video session is closed (or its runtime is); open a new one with "
+                              "SlowFastRuntime.open_video")
+
+    def _check_turn(self, turn: _Turn) -> None:
+        self._check_open()
+        if turn.serial != self._serial:
+            raise ValueError("this answer was interrupted: another question was asked in the same session before it "
+                             "finished (one question at a time per session)")
 
     def _copy_conversation(self) -> Conversation:
         conv = self._conversation
@@ -282,6 +301,7 @@ class VideoSession:
         rows = row_ids(prompt.ids, prompt.video_index, num_fast)
         # At least one row must be prefilled to get the next token's logits.
         keep = min(common_prefix(self._rows, rows), len(rows) - 1)
+        self._serial += 1  # from here on the cache holds this question's rows, not an earlier one's
         self._kv.rollback(keep)
         self._rows = self._rows[:keep]
         timings = self._video_timings()
@@ -296,7 +316,8 @@ class VideoSession:
         self._rows = rows
         # A copy: the runner's logits buffer is shared, and another session may prefill before
         # this turn's first token is sampled (two interleaved streams).
-        return _Turn(conversation, layout, params, timings, layout.length - keep, keep, first_logits=logits.clone())
+        return _Turn(conversation, layout, params, timings, layout.length - keep, keep, first_logits=logits.clone(),
+                     serial=self._serial)
 
     def _video_timings(self) -> dict[str, float]:
         # The video's own timings go with the first answer only: later ones did no video work.

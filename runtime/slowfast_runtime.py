@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from slowfast_trt.runtime.decoder_runner import DecoderRunner
 from slowfast_trt.frames import is_frame_input
 from slowfast_trt.runtime.encoder import RuntimeModel, VideoState, check_frame_count, check_frames
 from slowfast_trt.runtime.loading import check_count, engine_vision_batch, load_checkpoint, load_export
+from slowfast_trt.runtime.serialize import CallGate
 from slowfast_trt.runtime.session import RuntimeResult, VideoSession, sampling_params
 from slowfast_trt.models.slowfast.sequence import check_decode_mode
 from slowfast_trt.video import is_image_path, load_image, load_video
@@ -56,7 +58,13 @@ def _ms(start: float) -> float:
 
 
 class SlowFastRuntime:
-    """A loaded model: engines, tokenizer and a spare KV cache. One generation at a time."""
+    """A loaded model: engines, tokenizer and a spare KV cache.
+
+    Safe to call from several threads: calls are serialized by one lock, never interleaved
+    inside an engine (:mod:`slowfast_trt.runtime.serialize`); ``blocking=False`` raises
+    ``RuntimeBusyError`` instead of waiting. After :meth:`close` every call, and every session
+    or stream it opened, raises one ``ClosedError``.
+    """
 
     def __init__(self, model: RuntimeModel, decode_mode: str = "upstream", default_frames: int | None = None,
                  source: str = "", decode_steps: str = "auto"):
@@ -66,6 +74,8 @@ class SlowFastRuntime:
         self.default_frames = default_frames or model.config.training_frames
         self.source = source
         self._spare_caches: list = []  # at most one KV cache kept for reuse
+        self._gate = CallGate(model.lock, "this SlowFastRuntime is closed; load a new one with SlowFastRuntime.load")
+        self._children = weakref.WeakSet()  # open sessions and streams, closed with the runtime
 
     # -- loading ----------------------------------------------------------------------------
 
@@ -169,18 +179,22 @@ class SlowFastRuntime:
     # -- questions --------------------------------------------------------------------------
 
     def generate(self, video=None, question: str | None = None, *, frames: int | None = None,
-                 system: str = DEFAULT_SYSTEM, decode_mode: str | None = None, **sampling) -> RuntimeResult:
+                 system: str = DEFAULT_SYSTEM, decode_mode: str | None = None, blocking: bool = True,
+                 **sampling) -> RuntimeResult:
         """Answer one question about ``video`` (path, uint8 (T, H, W, 3) array, ``VideoFrames``,
         or None for a text-only prompt). ``sampling``: ``SamplingParams`` fields."""
         params = self._check_question(question, sampling)
-        with self.open_video(video, frames=frames, system=system, decode_mode=decode_mode) as session:
-            return session._ask(question, params)
+        self._gate.probe(blocking)
+        with self.open_video(video, frames=frames, system=system, decode_mode=decode_mode, blocking=blocking) as session:
+            with self._gate.call(blocking):
+                return session._ask(question, params)
 
     def stream(self, video=None, question: str | None = None, *, frames: int | None = None,
-               system: str = DEFAULT_SYSTEM, decode_mode: str | None = None, **sampling) -> TextStream:
+               system: str = DEFAULT_SYSTEM, decode_mode: str | None = None, blocking: bool = True,
+               **sampling) -> TextStream:
         """Like :meth:`generate`, but iterate the result for text pieces; ``.result`` at the end."""
         params = self._check_question(question, sampling)
-        session = self.open_video(video, frames=frames, system=system, decode_mode=decode_mode)
+        session = self.open_video(video, frames=frames, system=system, decode_mode=decode_mode, blocking=blocking)
         try:
             return session._stream(question, params, on_done=session.close)
         except BaseException:
@@ -188,7 +202,7 @@ class SlowFastRuntime:
             raise
 
     def encode_video(self, video, *, frames: int | None = None, sampling: str = "uniform", fps: float | None = None,
-                     start_s: float | None = None, end_s: float | None = None) -> VideoState:
+                     start_s: float | None = None, end_s: float | None = None, blocking: bool = True) -> VideoState:
         """Decode and encode a video once (fast tokens, slow K/V) for any number of sessions.
 
         ``video``: a path (decoded with :func:`slowfast_trt.video.load_video`, ``sampling``,
@@ -198,26 +212,31 @@ class SlowFastRuntime:
         ``VideoFrames``), 1..:attr:`max_frames` of them.
         """
         timings: dict[str, float] = {}
+        self._gate.probe(blocking)  # closed or busy: say so before decoding the file
         array = self._frames_of(video, frames, timings, sampling=sampling, fps=fps, start_s=start_s, end_s=end_s)
-        with torch.no_grad():
+        with self._gate.call(blocking), torch.no_grad():
             return self._model.encode_frames(array, timings)
 
     def open_video(self, video=None, *, frames: int | None = None, system: str = DEFAULT_SYSTEM,
-                   decode_mode: str | None = None, **video_options) -> VideoSession:
+                   decode_mode: str | None = None, blocking: bool = True, **video_options) -> VideoSession:
         """A conversation about ``video``: anything :meth:`encode_video` takes (encoded here,
         freed when the session closes), a ``VideoState`` it returned (shared, not freed), or
         None for a text-only chat."""
         mode = check_decode_mode(decode_mode or self.decode_mode)
         Conversation(system=system)  # validate before any work
+        self._gate.probe(blocking)
         owned = not isinstance(video, VideoState)
         state = video
         if video is not None and owned:
-            state = self.encode_video(video, frames=frames, **video_options)
+            state = self.encode_video(video, frames=frames, blocking=blocking, **video_options)
         elif not owned and state.released:
             raise ValueError("this encoded video was released (its session closed); encode it again")
-        kv = self._acquire_cache()
-        return VideoSession(self._model, self._runner, state, kv, mode, system, on_close=self._return_cache,
-                            owns_video=owned)
+        with self._gate.call(blocking):
+            kv = self._acquire_cache()
+            session = VideoSession(self._model, self._runner, state, kv, mode, system, on_close=self._return_cache,
+                                   owns_video=owned)
+            self._children.add(session)
+        return session
 
     def open_stream(self, window: int | None = None, policy: str = "recent", sample_fps: float | None = None, *,
                     source=None, realtime: bool | None = None, queue_size: int = 8, open_timeout_s: float = 10.0,
@@ -235,6 +254,7 @@ class SlowFastRuntime:
         """
         from slowfast_trt.runtime.stream import StreamSession
 
+        self._gate.check_open()
         mode = check_decode_mode(decode_mode or self.decode_mode)
         Conversation(system=system)  # validate before any work
         size = window if window is not None else min(self.default_frames, self.max_frames or self.default_frames)
@@ -249,8 +269,10 @@ class SlowFastRuntime:
                               open_timeout_s=open_timeout_s)
         kv = self._acquire_cache()
         try:
-            return StreamSession(self._model, self._runner, kv, window=size, policy=policy, sample_fps=sample_fps,
-                                 decode_mode=mode, system=system, on_close=self._return_cache, source=live)
+            stream = StreamSession(self._model, self._runner, kv, window=size, policy=policy, sample_fps=sample_fps,
+                                   decode_mode=mode, system=system, on_close=self._return_cache, source=live)
+            self._children.add(stream)
+            return stream
         except BaseException:
             self._return_cache(kv)
             if live is not None:
@@ -258,13 +280,19 @@ class SlowFastRuntime:
             raise
 
     def close(self) -> None:
-        """Free the spare KV cache and the engines."""
-        for kv in self._spare_caches:
-            kv.release()
-        self._spare_caches = []
-        self._runner.close()
-        for engine in self._model.engines.values():
-            engine.close()
+        """Close every session and stream still open, free the spare KV cache and the engines;
+        waits for a call in progress; idempotent."""
+        if not self._gate.close():
+            return
+        for child in list(self._children):  # outside the lock: a stream joins its encoder thread
+            child.close()
+        with self._gate.lock:
+            for kv in self._spare_caches:
+                kv.release()
+            self._spare_caches = []
+            self._runner.close()
+            for engine in self._model.engines.values():
+                engine.close()
 
     def __enter__(self) -> "SlowFastRuntime":
         return self
@@ -286,13 +314,24 @@ class SlowFastRuntime:
             check_count(frames)
         count = frames or min(self.default_frames, self._model.max_frames or self.default_frames)
         check_frame_count(count, self._model.max_frames, f"the engines in {self.source}")
+        self._check_budget(count)
         return count
+
+    def _check_budget(self, count: int) -> None:
+        """Frames whose fast tokens alone overflow the KV cache are refused before any decoding."""
+        from slowfast_trt.models.slowfast.specs import fast_token_count
+
+        fast = fast_token_count(self._model.config, count)
+        if fast + 1 > self.max_seq_len:  # + at least one text token
+            raise ValueError(f"frames={count} gives {fast} fast tokens, more than the KV cache holds "
+                             f"(max_seq_len {self.max_seq_len}); use fewer frames or a larger max_seq_len")
 
     def _frames_of(self, video, frames: int | None, timings: dict, **video_kwargs):
         if is_frame_input(video):
             count = check_frames(video, self._model.max_frames)
             if frames is not None and count != frames:
                 raise ValueError(f"frames={frames}, but the frame array holds {count} frames")
+            self._check_budget(count)
             return video
         if not isinstance(video, (str, os.PathLike)):
             raise ValueError("video must be a path, frames in memory (a uint8 (T, H, W, 3) array or tensor, a DLPack "
@@ -318,7 +357,7 @@ class SlowFastRuntime:
     def _return_cache(self, kv) -> None:
         if kv.released:
             return
-        if self._spare_caches:
+        if self._spare_caches or self._gate.closed:
             kv.release()  # keep one spare: a one-shot generate() allocates nothing after the first
         else:
             kv.reset()
