@@ -171,7 +171,8 @@ def op_cost(batch: int, rows_per_seq: int, slow_tokens: int, elt: int) -> tuple[
     return kv + io, flops
 
 
-def run(args: argparse.Namespace) -> list[Result]:
+def run(args: argparse.Namespace) -> tuple[list[Result], dict]:
+    """The results, and the measured ceilings the floors are computed from."""
     dtype = getattr(torch, args.dtype)
     bandwidth, peak = measure_ceilings(dtype)
     print(f"measured ceilings: copy {bandwidth / 1e9:.0f} GB/s, {args.dtype} matmul {peak / 1e12:.0f} TFLOP/s")
@@ -191,7 +192,7 @@ def run(args: argparse.Namespace) -> list[Result]:
                                       100.0 * floor / us))
             del t, paths
             torch.cuda.empty_cache()
-    return results
+    return results, {"bandwidth_bytes_per_s": bandwidth, "matmul_flops_per_s": peak}
 
 
 def print_table(results: list[Result]) -> None:
@@ -214,13 +215,13 @@ def main(argv=None) -> int:
     if "kernel" in args.paths and not kernels.is_available():
         print(f"error: slowfast_trt._kernels is not built ({kernels.build_info()})", file=sys.stderr)
         return 2
-    results = run(args)
+    results, ceilings = run(args)
     print_table(results)
     if args.json:
         device = torch.cuda.get_device_properties(0)
         with open(args.json, "w") as f:
             json.dump({"device": device.name, "sms": device.multi_processor_count, "dtype": args.dtype,
-                       "torch": torch.__version__, "results": [asdict(r) for r in results]}, f, indent=1)
+                       "torch": torch.__version__, **ceilings, "results": [asdict(r) for r in results]}, f, indent=1)
         print(f"wrote {args.json}")
     return 0 if all(math.isfinite(r.time_us) for r in results) else 1
 
