@@ -66,3 +66,25 @@ def test_matrices_are_averages():
     torch.testing.assert_close(torch.matmul(grid_pool_matrix(9, 2), x), pool_grid(x, 2), rtol=0, atol=ATOL)  # 9 // 2: floor
     with pytest.raises(ValueError, match="frames must be an integer >= 1"):
         pooling_matrices(0, visual, 324)
+
+
+def test_the_exported_fast_pool_graph_for_every_frame_count(tiny_exports):
+    """fast_pool.onnx of the default export, in ONNX Runtime, for every T it serves (1..64)."""
+    import onnxruntime as ort
+
+    from slowfast_trt.models.slowfast.config import SlowFastConfig
+    from slowfast_trt.models.slowfast.visual_tokens import split_slow_fast
+
+    folder = tiny_exports("tiny_ckpt_pool3d")  # avg_pool3d from 16 frames on, adaptive below
+    visual = SlowFastConfig.from_file(folder / "config.json").visual
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(folder / "fast_pool.onnx"), options, providers=["CPUExecutionProvider"])
+    gen = torch.Generator().manual_seed(7)
+    for frames in range(1, 65):
+        tokens = torch.randn(frames, 324 if frames == 1 else 81, 64, generator=gen)
+        pooling = pooling_matrices(frames, visual, 324)
+        (got,) = session.run(None, {"frame_tokens": tokens.numpy(), "temporal_pool": pooling.temporal_pool.numpy(),
+                                    "spatial_pool": pooling.spatial_pool.numpy()})
+        _, want = split_slow_fast(tokens, visual)
+        torch.testing.assert_close(torch.from_numpy(got).reshape(-1, 64), want, rtol=0, atol=ATOL, msg=f"T={frames}")
