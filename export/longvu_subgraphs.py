@@ -11,7 +11,8 @@
   high-resolution (N, 144, hid) and low-resolution (N, 64, hid) tokens (the two projector calls);
 * ``decoder.onnx``: the plain Qwen2 decoder (:class:`slowfast_trt.models.qwen2.decoder.Qwen2Decoder`)
   with the tensors of Slow-Fast's ``decoder_nocross``, for prefill and decode steps;
-* ``embed_tokens.npy``: the (vocab_rows, hid) embedding table, gathered by the runtime.
+* ``embed_tokens.npy``: the (vocab_rows, hid) embedding table, gathered by the runtime;
+* ``image_newline.npy``: the (hid,) newline token the host appends to every row of a frame.
 
 What runs between them on the host (selection, mode, unpad + newline, upgrade, drop, splice) is
 :mod:`slowfast_trt.models.longvu.pipeline`. N is at most ``specs.CHUNK`` (64); the runtime runs
@@ -34,7 +35,8 @@ from slowfast_trt.export.onnx_io import ExportGraph, export_graph
 from slowfast_trt.models.longvu import specs as S
 from slowfast_trt.models.longvu.model import LongVUModel
 
-__all__ = ["ConnectorGraph", "DecoderGraph", "TowerGraph", "export_longvu", "export_step", "longvu_specs"]
+NEWLINE_FILE = "image_newline.npy"
+__all__ = ["NEWLINE_FILE", "ConnectorGraph", "DecoderGraph", "TowerGraph", "export_longvu", "export_step", "longvu_specs"]
 
 
 class TowerGraph(ExportGraph):
@@ -130,6 +132,7 @@ def export_step(model: LongVUModel, name: str, out_dir: Path, precision: str, ma
             args = [_example(t, {"frames": 3}, device, gen) for t in spec.inputs[:2]]
             bias = torch.zeros(spec.inputs[2].shape, dtype=torch.float32, device=device)
             bias[0, :2] = float("-inf")  # a partly masked cell, as in a landscape frame
+            np.save(out_dir / NEWLINE_FILE, model.connector.image_newline.detach().cpu().numpy())
             return _write(ConnectorGraph(model.connector), spec, args + [bias], out_dir)
         return _write(DecoderGraph(model.decoder), spec, _decoder_args(spec, device, gen), out_dir)
 

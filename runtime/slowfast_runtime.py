@@ -84,7 +84,7 @@ class SlowFastRuntime:
              decode_mode: str = "upstream", dtype: str | None = None, frames: int | None = None,
              max_seq_len: int | None = None, threads: int | None = None,
              checkpoint: str | os.PathLike | None = None, vision_batch: int | None = None,
-             decode_steps: str = "auto") -> "SlowFastRuntime":
+             decode_steps: str = "auto", **family_options) -> "SlowFastRuntime":
         """Load an export folder or a checkpoint.
 
         Args:
@@ -110,7 +110,21 @@ class SlowFastRuntime:
                 ``dynamic`` (the past is the cache's valid rows), ``static`` (the whole cache
                 with a length mask, eager) or ``cuda-graph`` (static, captured once per video
                 and replayed).
+
+        The source's model family (the manifest's ``family``, or the checkpoint's ``model_type``;
+        :mod:`slowfast_trt.runtime.families`) picks the runtime: a LongVU source is loaded by
+        ``LongVURuntime.load`` with the same arguments and ``family_options`` (its towers'
+        folders, ``siglip=`` and ``dino=``); Slow-Fast takes none.
         """
+        from slowfast_trt.runtime.families import runtime_for
+
+        other = runtime_for(source)
+        if other is not None and other is not cls:
+            return other.load(source, backend=backend, device=device, decode_mode=decode_mode, dtype=dtype,
+                              frames=frames, max_seq_len=max_seq_len, threads=threads, checkpoint=checkpoint,
+                              vision_batch=vision_batch, decode_steps=decode_steps, **family_options)
+        if family_options:
+            raise ValueError(f"{source}: options {', '.join(sorted(family_options))} do not apply to a Slow-Fast model")
         if vision_batch is not None and (isinstance(vision_batch, bool) or not isinstance(vision_batch, int) or vision_batch < 1):
             raise ValueError(f"vision_batch must be a positive integer or None, got {vision_batch!r}")
         if backend not in BACKENDS:

@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--video", help="video file (or an image: .png/.jpg)")
     src.add_argument("--question", help="question to ask")
     src.add_argument("--demo", action="store_true", help="use the built-in tiny checkpoint and sample video")
+    src.add_argument("--siglip", default=None,
+                     help="LongVU --ckpt: SigLIP tower folder (default: google/siglip-so400m-patch14-384 from the HF cache)")
+    src.add_argument("--dino", default=None,
+                     help="LongVU --ckpt: DINOv2 tower folder (default: facebook/dinov2-giant from the HF cache)")
     src.add_argument("--frames", type=int, default=None,
                      help="frames to sample (default: the export's frame count, or the checkpoint's training frames)")
     src.add_argument("--sampling", choices=("uniform", "fps"), default="uniform", help="frame sampling (default: upstream uniform)")
@@ -127,9 +131,11 @@ def load_runtime(args, source: str):
         import torch
 
         torch.set_num_threads(args.threads)
+    # Family options (LongVU's tower folders) only when given: Slow-Fast takes none.
+    towers = {k: v for k, v in (("siglip", getattr(args, "siglip", None)), ("dino", getattr(args, "dino", None))) if v}
     return SlowFastRuntime.load(source, backend=args.backend, device=args.device or "cpu",
                                 decode_mode=args.decode_mode, dtype=args.dtype, vision_batch=args.vision_batch,
-                                decode_steps=args.decode_steps)
+                                decode_steps=args.decode_steps, **towers)
 
 
 def _open(runtime, args, video: str | None):

@@ -62,6 +62,7 @@ class VideoFeatures:
     mask: torch.Tensor  # (144, 8) bool, from the frame size only
     tokens: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # frame -> (high, low)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    frame_indices: list[int] | None = None  # video frame index of each sampled frame, when read from a file
 
     def release(self) -> None:
         self.siglip_pixels = np.zeros((0,), dtype=np.uint8)
