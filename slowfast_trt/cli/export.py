@@ -37,7 +37,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx-only", action="store_true", help="with --backend tensorrt: stop after ONNX, build no engines")
     p.add_argument("--force", action="store_true",
                    help="replace a previous export in --out (it survives a failed export)")
+    p.add_argument("--siglip", default=None, help="LongVU: SigLIP tower folder (default: its hub id, from the HF cache)")
+    p.add_argument("--dino", default=None, help="LongVU: DINOv2 tower folder (default: its hub id, from the HF cache)")
     return p
+
+
+def _export_other_family(args, family) -> None:
+    """A checkpoint of another family than Slow-Fast: its own export pipeline (LongVU)."""
+    from slowfast_trt.export.longvu_pipeline import LongVUExportRequest, export_longvu_checkpoint
+
+    if family.name != "longvu":
+        raise ValueError(f"--ckpt {args.ckpt}: no exporter for model family {family.name!r}")
+    if args.frames is not None:
+        raise ValueError("--frames: LongVU samples one frame per second; its graphs take any number of frames")
+    request = LongVUExportRequest(ckpt=args.ckpt, out=args.out, backend=args.backend, precision=args.precision,
+                                  max_seq_len=args.max_seq_len, siglip=args.siglip, dino=args.dino,
+                                  onnx_only=args.onnx_only, force=args.force)
+    plan, manifest = export_longvu_checkpoint(request, stderr_progress())
+    print(f"exported {', '.join(manifest['subgraphs'])} ({plan.precision}, max_seq_len {plan.max_seq_len}, "
+          f"backend {plan.request.backend}) to {plan.out}")
 
 
 def stderr_progress() -> Progress:
@@ -53,6 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> None:
+        from slowfast_trt.runtime.families import family_of_source
+
+        family = family_of_source(args.ckpt)
+        if family is not None and family.name != "slowfast":
+            return _export_other_family(args, family)
+        if args.siglip or args.dino:
+            raise ValueError("--siglip/--dino: only for LongVU checkpoints")
         request = ExportRequest(ckpt=args.ckpt, out=args.out, backend=args.backend, precision=args.precision,
                                 frames=args.frames, max_seq_len=args.max_seq_len, onnx_only=args.onnx_only,
                                 force=args.force, max_frames=args.max_frames)

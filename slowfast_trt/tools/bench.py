@@ -325,6 +325,10 @@ def step_ratios(rows: list[dict]) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from slowfast_trt.tools import bench_longvu
+
+    if bench_longvu.handles(sys.argv[1:] if argv is None else argv):  # a LongVU model: its own stages
+        return bench_longvu.main(argv)
     args = build_parser().parse_args(argv)
     return run_cli(lambda: _main(args))
 

@@ -36,8 +36,8 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-GIB = 1 << 30
-RESERVE_BYTES = 2 * GIB
+from slowfast_trt.tools.jetson_devices import GIB, RESERVE_BYTES  # noqa: E402
+
 INT4_BLOCK = 128
 FRAME_COUNTS = (64, 96)
 # ConvNeXt-XXLarge of convnext-576 (open_clip convnext_xxlarge trunk), the only supported tower.
@@ -46,29 +46,8 @@ QWEN2_TOKENIZER_LEN = 151646
 DEFAULT_MAX_SEQ_LEN = 4096
 
 
-@dataclass(frozen=True)
-class Device:
-    """A Jetson module: memory visible to Linux (MiB, as ``tegrastats`` totals it) and DRAM bandwidth.
+from slowfast_trt.tools.jetson_devices import DEVICES, Device  # noqa: E402,F401  (re-exported)
 
-    Bandwidth = EMC clock x 2 (DDR) x bus width: 3200 MHz x 2 x 256 bit = 204.8 GB/s (AGX Orin),
-    x 128 bit = 102.4 GB/s (Orin NX), 2133 MHz x 2 x 128 bit = 68.3 GB/s (Orin Nano 8GB;
-    102 GB/s with JetPack 6.1+ "Super" clocks). The ``tegrastats`` lines recorded in
-    ``tests/test_tegrastats.py`` show ``EMC_FREQ ...@3199`` on an AGX Orin and ``@2133`` on an
-    Orin Nano, and RAM totals 62817 / 30698 / 7620 MB.
-    """
-
-    name: str
-    memory_mib: int
-    bandwidth_gbs: float
-    memory_note: str
-
-
-DEVICES = (
-    Device("AGX Orin 64GB", 62817, 204.8, "tegrastats total"),
-    Device("AGX Orin 32GB", 30698, 204.8, "tegrastats total"),
-    Device("Orin NX 16GB", 15_258, 102.4, "estimate: 16 GiB x 7620/8192 (the Nano's visible share)"),
-    Device("Orin Nano 8GB", 7620, 68.0, "tegrastats total"),
-)
 PRECISIONS = ("fp16", "int4-awq")
 
 
@@ -237,7 +216,24 @@ def _load(args):
     return config, rows, None, None
 
 
+def _longvu(argv: list[str] | None) -> bool:
+    """Whether ``--ckpt`` / ``--manifest`` is a LongVU model (``slowfast_trt.tools.longvu_budget`` plans those)."""
+    from slowfast_trt.runtime.families import family_of_source
+
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--ckpt")
+    p.add_argument("--manifest")
+    args, _ = p.parse_known_args(argv)
+    source = args.ckpt or (str(Path(args.manifest).parent) if args.manifest else None)
+    family = family_of_source(source) if source else None
+    return family is not None and family.name == "longvu"
+
+
 def main(argv: list[str] | None = None) -> int:
+    if _longvu(argv if argv is not None else sys.argv[1:]):
+        from slowfast_trt.tools.longvu_budget import main as longvu_main
+
+        return longvu_main(argv)
     p = argparse.ArgumentParser(prog="python -m slowfast_trt.tools.jetson_memory", description=__doc__.split("\n")[0])
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--manifest", help="manifest.json of an export folder")
