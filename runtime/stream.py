@@ -43,6 +43,7 @@ from slowfast_trt.detokenize import TextStream
 from slowfast_trt.frames import as_frames
 from slowfast_trt.prompt import DEFAULT_SYSTEM
 from slowfast_trt.runtime.encoder import RuntimeModel, VideoState
+from slowfast_trt.runtime.serialize import ClosedError
 from slowfast_trt.runtime.session import RuntimeResult, VideoSession, sampling_params
 from slowfast_trt.runtime.stream_window import FrameWindow, HeldFrame
 
@@ -53,8 +54,8 @@ class NoFramesError(ValueError):
     """A question before any frame reached the window."""
 
 
-class StreamClosedError(ValueError):
-    """A push or question after :meth:`StreamSession.close`."""
+class StreamClosedError(ClosedError):
+    """A push or question after :meth:`StreamSession.close` (a ``ValueError``)."""
 
 
 def _ms(start: float) -> float:
