@@ -79,7 +79,7 @@ def plan(out: Path, arch: str) -> list[Step]:
              "--no-deps", "-e", "."], 180, env={"CMAKE_ARGS": f"-DSLOWFAST_CUDA_ARCHS={arch}"}),
         Step("pytest-gpu", "GPU tests (kernels, streams, dispatch, CUDA-graph decode, device sampling, ORT)",
              [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", *gpu_test_files()], 220,
-             needs=("pytest", "av")),
+             needs=("pytest",)),
         Step("bench-kernel", "cross-attention kernel vs SDPA and upstream, 16/64/96 frames, against the floors",
              [py, "-m", "slowfast_trt.tools.bench_cross_attn", "--frames", "16", "64", "96", "--iters", "30",
               "--json", str(out / "bench_cross_attn.json")], 100),
@@ -132,7 +132,8 @@ def run_step(step: Step, out: Path, deadline: float) -> None:
 
 def _pytest_summary(step: Step, out: Path) -> str:
     lines = [line for line in step.output_tail.splitlines() if re.search(r"\d+ (passed|failed|skipped|error)", line)]
-    return lines[-1].strip("= ") if lines else "no pytest summary line (see the log)"
+    summary = lines[-1].strip("= ") if lines else "no pytest summary line (see the log)"
+    return summary + ("; PyAV missing: tests that write a video error" if _missing(("av",)) else "")
 
 
 def _kernel_summary(step: Step, out: Path) -> str:
