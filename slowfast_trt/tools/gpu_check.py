@@ -84,7 +84,7 @@ def plan(out: Path, arch: str) -> list[Step]:
              [py, "-m", "slowfast_trt.tools.bench_cross_attn", "--frames", "16", "64", "96", "--iters", "30",
               "--json", str(out / "bench_cross_attn.json")], 100),
         Step("assets", f"random checkpoint at 7B widths ({LAYERS} layers) and a sample video",
-             [py, "-c", write_assets], 100, needs=("av",)),
+             [py, "-c", write_assets], 150, needs=("av",)),
         Step("bench-decode", "torch backend fp16 on CUDA, dynamic vs cuda-graph decode steps, ms/token vs floor",
              [py, "-m", "slowfast_trt.bench", "--ckpt", str(ckpt), "--video", str(video), "--frames",
               *map(str, DECODE_FRAMES), "--new-tokens", str(NEW_TOKENS), "--runs", "2", "--warmup", "1",
