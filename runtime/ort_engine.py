@@ -98,6 +98,7 @@ class OrtEngine(Engine):
             options.inter_op_num_threads = 1
         if weights is not None:
             weights.attach(options, path)
+        self._weights = weights  # the session reads these buffers: they live as long as it does
         # CUDA: a stream of our own, so that ONNX Runtime's work is ordered with torch's by events.
         self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         stream = self._stream.cuda_stream if self._stream is not None else None
@@ -160,6 +161,7 @@ class OrtEngine(Engine):
     def close(self) -> None:
         self._binding = None
         self._session = None
+        self._weights = None
 
 
 class SharedWeights:
