@@ -17,14 +17,17 @@ GOLDEN = golden()
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from slowfast_trt.export.longvu_pipeline import LongVUExportRequest, export_longvu_checkpoint
+    from slowfast_trt.cli.export import main
     from slowfast_trt.models.longvu.reference import LongVUReference
 
     root = tmp_path_factory.mktemp("longvu_export")
     folders = write_folders(root)
-    request = LongVUExportRequest(ckpt=str(folders["checkpoint"]), out=root / "export", siglip=folders["siglip"],
-                                  dino=folders["dino"], max_seq_len=1536)
-    _, manifest = export_longvu_checkpoint(request)
+    # The export CLI hands a LongVU checkpoint to the LongVU pipeline (model_type cambrian_qwen).
+    status = main(["--ckpt", str(folders["checkpoint"]), "--out", str(root / "export"), "--backend", "onnxruntime",
+                   "--precision", "fp32", "--max-seq-len", "1536", "--siglip", str(folders["siglip"]),
+                   "--dino", str(folders["dino"])])
+    assert status == 0
+    manifest = json.loads((root / "export" / "manifest.json").read_text())
     ref = LongVUReference.load(folders["checkpoint"], siglip=folders["siglip"], dino=folders["dino"])
     return root / "export", manifest, ref
 
