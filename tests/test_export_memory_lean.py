@@ -211,7 +211,7 @@ def test_lazy_export_writes_the_loaded_export_bytes(tiny_ckpt, tmp_path, small_b
     model = open_model(tiny_ckpt, dtype="float32", vocab_rows=300)  # converted to the precision on the way
     assert sg.is_lazy(model)
     specs = sg.export_all(model, lazy_dir, precision, FRAMES, MAX_SEQ)
-    assert set(specs) == {"embed", "vision", "pooler", "slow_kv", "decoder", "decoder_nocross"}
+    assert set(specs) == {"embed", "vision", "projector", "fast_pool", "slow_kv", "decoder", "decoder_nocross"}
     assert all(p.is_meta for p in model.parameters())  # every part released again
     _same_folders(loaded, lazy_dir)
 
@@ -241,7 +241,8 @@ def test_one_part_at_a_time_with_every_large_weight_streamed(tiny_ckpt, tmp_path
     sg.export_all(model, tmp_path, "float16", FRAMES, MAX_SEQ)
     assert calls == [
         ("vision.onnx", {"vision"}),
-        ("pooler.onnx", {"projector"}),
+        ("projector.onnx", {"projector"}),
+        ("fast_pool.onnx", set()),  # no weights at all
         ("slow_kv.onnx", {"decoder"}),
         ("decoder.onnx", {"decoder"}),
         ("decoder_nocross.onnx", {"decoder"}),
