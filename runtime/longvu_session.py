@@ -100,6 +100,20 @@ class LongVUSession:
         return self._video
 
     @property
+    def conversation(self):
+        """A copy of the conversation so far (a ``LongVUConversation``)."""
+        conv = self._conversation
+        return LONGVU.conversation(system=conv.system, has_video=conv.has_video, turns=conv.turns)
+
+    def set_history(self, turns) -> None:
+        """Start from earlier (question, answer) turns (e.g. a chat request's history); the next
+        question is asked after them. ``ValueError`` for a reserved string in a turn."""
+        self._check_open()
+        conv = LONGVU.conversation(system=self._conversation.system, has_video=self._video is not None,
+                                   turns=[ChatTurn(q, a) for q, a in turns])
+        self._conversation = conv
+
+    @property
     def cached_rows(self) -> int:
         return 0 if self._kv is None else self._kv.length
 

@@ -64,7 +64,9 @@ def _from_scratch(rt, frames, turns, question, new_tokens):
     from slowfast_trt.prompt import ChatTurn
 
     with rt.open_video(frames) as fresh:
-        fresh._conversation = LongVUConversation(turns=[ChatTurn(q, a) for q, a in turns])
+        fresh.set_history(turns)  # what the server does with a request's earlier messages
+        assert fresh.conversation.prompt_text() == LongVUConversation(
+            turns=[ChatTurn(q, a) for q, a in turns]).prompt_text()
         result = fresh.ask(question, max_new_tokens=new_tokens)
         assert result.reused_rows == 0
         return result
@@ -171,3 +173,32 @@ def test_run_cli_bad_input(assets, clip, tmp_path, capsys, offline_hub):
     _write_mp4(blank, np.zeros((0, 96, 96, 3), np.uint8), "2")
     assert "blank.mp4" in _main(base + ["--video", blank], capsys)
     assert "one frame per second" in _main(base + ["--video", clip, "--frames", 8], capsys)
+
+
+def test_server_answers_with_longvu(assets, clip, tmp_path):
+    """The OpenAI-compatible server over a LongVU runtime: an answer (1 fps sampling: no nframes), then
+    a follow-up with history; the video cache counts a LongVU video's bytes."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from slowfast_trt.runtime.slowfast_runtime import SlowFastRuntime
+    from slowfast_trt.server.app import create_app
+    from slowfast_trt.server.config import ServerConfig
+
+    config = ServerConfig(media_dir=clip.parent, model_name="longvu", data_dir=tmp_path / "data")
+    video = {"role": "user", "content": [{"type": "video_url", "video_url": {"url": f"file:{clip.name}"}},
+                                         {"type": "text", "text": "Describe this video in detail"}]}
+    with SlowFastRuntime.load(assets["export"], threads=1) as rt, TestClient(create_app(rt, config)) as client:
+        first = client.post("/v1/chat/completions", json={"model": "longvu", "messages": [video], "max_tokens": 4})
+        assert first.status_code == 200, first.text
+        answer = first.json()["choices"][0]["message"]["content"]
+        expected = rt.generate(str(clip), "Describe this video in detail", max_new_tokens=4).text
+        assert answer == expected
+        history = [video, {"role": "assistant", "content": answer}, {"role": "user", "content": "And then?"}]
+        second = client.post("/v1/chat/completions", json={"model": "longvu", "messages": history, "max_tokens": 3})
+        assert second.status_code == 200, second.text
+    from slowfast_trt.server.cache import state_bytes
+
+    with SlowFastRuntime.load(assets["export"], threads=1) as rt:
+        features = rt.encode_video(str(clip))
+        assert state_bytes(features) == features.nbytes > features.siglip_pixels.nbytes

@@ -37,7 +37,10 @@ class VideoKey:
 
 
 def state_bytes(state: Any) -> int:
-    """Bytes of the tensors an encoded video holds (fast, slow tokens, slow keys and values)."""
+    """Bytes of the tensors an encoded video holds (fast, slow tokens, slow keys and values; a
+    family's own state, e.g. LongVU's cached tower features, says with ``nbytes``)."""
+    if isinstance(getattr(state, "nbytes", None), int):
+        return state.nbytes
     tensors = [getattr(state, "fast", None), getattr(state, "slow", None)]
     tensors += list(getattr(state, "slow_keys", []) or []) + list(getattr(state, "slow_values", []) or [])
     return sum(int(t.numel()) * int(t.element_size()) for t in tensors if t is not None)

@@ -131,7 +131,8 @@ class ChatEngine:
             return VideoKey(media.sha256, "image", 1)
         # The runtime's own default when the request names no count: min(default, most served).
         most = getattr(self.rt, "max_frames", None) or self.rt.frames or self.rt.default_frames
-        frames = part.nframes or min(self.rt.default_frames, most)
+        # A family without a frame count (LongVU samples one frame per second) has no default.
+        frames = part.nframes or (min(self.rt.default_frames, most) if self.rt.default_frames else None)
         sampling = "fps" if part.fps is not None else "uniform"
         return VideoKey(media.sha256, "video", frames, sampling, part.fps, part.start, part.end)
 

@@ -73,6 +73,13 @@ class VideoFeatures:
     def released(self) -> bool:
         return self.dino is None
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: DINOv2 features, cached tokens and the SigLIP pixels (host)."""
+        tensors = [self.dino] if self.dino is not None else []
+        tensors += [t for pair in self.tokens.values() for t in pair]
+        return int(self.siglip_pixels.nbytes) + sum(int(t.numel()) * t.element_size() for t in tensors)
+
 
 @dataclass
 class PromptRows:
