@@ -11,8 +11,12 @@ the parsed config, both towers' folders and fingerprints, and ``frames: null`` (
 one frame per second, there is no frame count; every graph takes 1..64 frames per call).
 ``custom_op`` is null: no LongVU graph uses the Slow-Fast cross-attention op.
 
-Precisions: ``fp32`` and ``fp16`` (ONNX Runtime or TensorRT parses the same files; building
-TensorRT engines for LongVU is not wired up yet: ``--backend tensorrt`` needs ``--onnx-only``).
+Precisions: ``fp32``, ``fp16`` and ``int4-awq`` (the decoder's projections as INT4 weight-only with
+AWQ scales from the built-in calibration prompts, :mod:`slowfast_trt.export.awq` and
+:mod:`slowfast_trt.export.quantize_int4`, shared with Slow-Fast: the LongVU decoder is the same
+Qwen2 layer; activations float16 for TensorRT, float32 for ONNX Runtime; the towers and the
+connector stay in the activation dtype). ONNX Runtime or TensorRT parses the same files; building
+TensorRT engines for LongVU is not wired up yet: ``--backend tensorrt`` needs ``--onnx-only``.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from slowfast_trt import dtypes
 __all__ = ["DEFAULT_EXTRA_POSITIONS", "LongVUExportRequest", "export_longvu_checkpoint", "plan_longvu_export"]
 
 DEFAULT_EXTRA_POSITIONS = 1024  # default max_seq_len = tokenizer_model_max_length + this (answers, follow-ups)
-_PRECISIONS = ("fp32", "fp16")
+_PRECISIONS = ("fp32", "fp16", "int4-awq")
 Progress = Callable[[str], None]
 
 
@@ -67,7 +71,7 @@ def plan_longvu_export(request: LongVUExportRequest) -> LongVUExportPlan:
     check_output(out, request.force)
     precision = dtypes.normalize_precision(request.precision)
     if precision not in _PRECISIONS:
-        raise ValueError(f"--precision {request.precision}: LongVU exports fp32 or fp16 (bf16 and int4-awq: not yet)")
+        raise ValueError(f"--precision {request.precision}: LongVU exports fp32, fp16 or int4-awq (bf16: not yet)")
     if request.backend == "tensorrt" and not request.onnx_only:
         raise ValueError("--backend tensorrt: building TensorRT engines for LongVU is not wired up yet; add --onnx-only "
                          "(the ONNX graphs parse in TensorRT) or use --backend onnxruntime")
@@ -114,6 +118,31 @@ def _manifest(plan: LongVUExportPlan, model, specs: dict, copied: list[str]) -> 
     }
 
 
+def _awq(model, plan: LongVUExportPlan, progress: Progress) -> dict:
+    """AWQ scales of the decoder (float32 calibration on the built-in prompts), folded in place;
+    the decoder then goes to the activation dtype."""
+    from slowfast_trt.dtypes import parse_model_dtype
+    from slowfast_trt.export.awq import apply_awq
+    from slowfast_trt.tokenizer import load_tokenizer
+
+    progress("AWQ: searching per-channel scales on the calibration prompts")
+    report = apply_awq(model, tokenizer=load_tokenizer(plan.folders.checkpoint))
+    model.decoder.to(parse_model_dtype(plan.dtype))
+    model.embed_tokens.to(parse_model_dtype(plan.dtype))
+    return report
+
+
+def _quantize(stage: Path, awq: dict, progress: Progress) -> None:
+    import json
+
+    from slowfast_trt.export.quantize_int4 import REPORT_FILE, default_selector, quantize_decoder_onnx
+
+    progress("rewriting the decoder weights to INT4")
+    report = quantize_decoder_onnx(stage, files=("decoder.onnx",), select=default_selector(False))
+    payload = {"scheme": "int4 weight-only, symmetric, blockwise along the input dim", "awq": awq, **report.to_json()}
+    (stage / REPORT_FILE).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+
+
 def run_longvu_export(plan: LongVUExportPlan, progress: Progress = lambda m: None) -> dict:
     """Export part by part into a staging folder, then rename it to ``plan.out``; -> manifest."""
     from slowfast_trt.export.longvu_subgraphs import STEPS, export_step
@@ -127,10 +156,16 @@ def run_longvu_export(plan: LongVUExportPlan, progress: Progress = lambda m: Non
         specs, model = {}, None
         for n, name in enumerate(STEPS, 1):
             progress(f"[{n}/{len(STEPS)}] {name}: loading")
-            model = load_model(plan.folders.checkpoint, dtype=plan.dtype, vocab_rows=plan.vocab_rows,
-                               siglip=plan.folders.siglip, dino=plan.folders.dino, parts=[parts[name]])
+            int4 = name == "decoder" and plan.precision == "int4-awq"
+            model = load_model(plan.folders.checkpoint, dtype="float32" if int4 else plan.dtype,
+                               vocab_rows=plan.vocab_rows, siglip=plan.folders.siglip, dino=plan.folders.dino,
+                               parts=["embed", "decoder"] if int4 else [parts[name]])
+            if int4:
+                awq = _awq(model, plan, progress)
             progress(f"[{n}/{len(STEPS)}] {name}: exporting")
             specs[name] = export_step(model, name, stage, plan.dtype, plan.max_seq_len)
+            if int4:
+                _quantize(stage, awq, progress)
             if n < len(STEPS):
                 model = None
                 gc.collect()

@@ -168,3 +168,22 @@ def test_ort_reproduces_upstream(exported, engines, name):
     if name in ("mix", "wide", "lowdrop"):  # logits row by row: a few cases are enough
         prefill, steps = teacher_forced_logits(engines.forward_rows, engines.embed, rows.embeds, ids)
         check_logits(case, prefill, [s.reshape(-1) for s in steps], atol=2e-3)
+
+
+@pytest.mark.slow
+def test_int4_awq_decoder(exported, tmp_path):
+    """``--precision int4-awq``: the shared AWQ + INT4 rewrite on LongVU's plain Qwen2 decoder."""
+    from slowfast_trt.cli.export import main
+    from slowfast_trt.runtime.slowfast_runtime import SlowFastRuntime
+
+    _, manifest, ref = exported
+    folders = ref.model.folders
+    assert main(["--ckpt", str(folders.checkpoint), "--out", str(tmp_path / "int4"), "--backend", "onnxruntime",
+                 "--precision", "int4-awq", "--siglip", str(folders.siglip), "--dino", str(folders.dino)]) == 0
+    report = json.loads((tmp_path / "int4" / "quantization.json").read_text())
+    assert report["awq"]["method"] == "awq" and len(report["quantized"]) == 7 * ref.model.config.text.num_layers
+    case = GOLDEN["cases"]["wide"]
+    with SlowFastRuntime.load(tmp_path / "int4", threads=1) as rt:
+        result = rt.generate(case_frames(case), case["question"], max_new_tokens=4)
+    assert result.kept_frames == case["kept_frame_indices"] and result.fast_tokens == case["visual_tokens"]
+    assert result.token_ids == case["generated_ids"][:4]

@@ -58,6 +58,10 @@ class LongVUModel(nn.Module):
         """-> high (K, 144, H), low (K, 64, H) tokens of the kept frames."""
         return self.connector(siglip, dino, cell_bias(cell_mask.to(siglip.device)))
 
+    def empty_cache(self, batch: int = 1):
+        """An empty KV cache (length 0) for every decoder layer."""
+        return self.decoder.empty_cache(batch, self.device, self.dtype)
+
     def embed(self, ids) -> torch.Tensor:
         """Token ids (a sequence of ints, no placeholder) -> (len, H)."""
         return self.embed_tokens(torch.as_tensor(list(ids), dtype=torch.long, device=self.device).view(-1))
