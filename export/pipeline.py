@@ -236,7 +236,13 @@ def make_stage(out: Path) -> Path:
     parent = out.parent if str(out.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
+        # mkdtemp makes the folder 0700; the export is renamed into place as it is, so give it
+        # what mkdir would (0777 less the umask): another user or a container can read it.
+        umask = os.umask(0)
+        os.umask(umask)
+        stage.chmod(0o777 & ~umask)
+        return stage
     except OSError as exc:
         raise OSError(f"--out {out}: cannot write into {parent} ({exc.strerror or exc})") from None
 

@@ -23,6 +23,7 @@ _REBUILD = reexport()
 def load_checkpoint(source, backend: str, device, dtype: str, max_seq_len: int | None) -> tuple[RuntimeModel, int]:
     """A checkpoint run eagerly by the torch engines; returns the model and its default frames."""
     from slowfast_trt.models.slowfast.checkpoint import load_model, resolve_checkpoint
+    from slowfast_trt.models.slowfast.config import SlowFastConfig
     from slowfast_trt.runtime.torch_engine import torch_engines
     from slowfast_trt.tokenizer import load_tokenizer
 
@@ -33,6 +34,9 @@ def load_checkpoint(source, backend: str, device, dtype: str, max_seq_len: int |
         )
     directory = resolve_checkpoint(source)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    # config.json first: transformers reads it too while loading the tokenizer, and would blame
+    # the tokenizer for a config that is a list, not JSON, or has a mistyped value.
+    SlowFastConfig.from_file(directory / "config.json")
     tokenizer = load_tokenizer(directory)
     # Upstream resizes the embedding and LM head to len(tokenizer) at load, as the reference does.
     model = load_model(directory, dtype=dtype, vocab_rows=len(tokenizer), device=device)

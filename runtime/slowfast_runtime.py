@@ -43,6 +43,7 @@ from slowfast_trt.runtime.decoder_runner import DecoderRunner
 from slowfast_trt.frames import is_frame_input
 from slowfast_trt.runtime.encoder import RuntimeModel, VideoState, check_frame_count, check_frames
 from slowfast_trt.runtime.loading import check_count, engine_vision_batch, load_checkpoint, load_export
+from slowfast_trt.runtime.arguments import check_device, check_threads
 from slowfast_trt.runtime.serialize import CallGate
 from slowfast_trt.runtime.session import RuntimeResult, VideoSession, sampling_params
 from slowfast_trt.models.slowfast.sequence import check_decode_mode
@@ -133,6 +134,8 @@ class SlowFastRuntime:
             raise ValueError(f"{source}: options {', '.join(sorted(family_options))} do not apply to a Slow-Fast model")
         if vision_batch is not None and (isinstance(vision_batch, bool) or not isinstance(vision_batch, int) or vision_batch < 1):
             raise ValueError(f"vision_batch must be a positive integer or None, got {vision_batch!r}")
+        device = check_device(device)
+        check_threads(threads)
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         path = Path(source)
@@ -338,13 +341,22 @@ class SlowFastRuntime:
         return count
 
     def _check_budget(self, count: int) -> None:
-        """Frames whose fast tokens alone overflow the KV cache are refused before any decoding."""
+        """Frame counts that cannot run are refused before any decoding: fast tokens that alone
+        overflow the KV cache, and (torch on CPU in float16/bfloat16) the ``avg_pool3d`` branch
+        of the fast-token pooling, which PyTorch's CPU kernels lack in half precision."""
         from slowfast_trt.models.slowfast.specs import fast_token_count
+        from slowfast_trt.models.slowfast.visual_tokens import uses_avg_pool3d
 
         fast = fast_token_count(self._model.config, count)
         if fast + 1 > self.max_seq_len:  # + at least one text token
             raise ValueError(f"frames={count} gives {fast} fast tokens, more than the KV cache holds "
                              f"(max_seq_len {self.max_seq_len}); use fewer frames or a larger max_seq_len")
+        half = self._model.dtype in (torch.float16, torch.bfloat16)
+        if (self.backend == "torch" and self.device.type == "cpu" and half and count > 1
+                and uses_avg_pool3d(count, self._model.config.visual)):
+            dtype = str(self._model.dtype).replace("torch.", "")
+            raise ValueError(f"dtype {dtype} on cpu: {count} frames take the avg_pool3d fast-token pooling, which "
+                             f"PyTorch has no {dtype} CPU kernel for; use dtype float32 on cpu, or a CUDA device")
 
     def _frames_of(self, video, frames: int | None, timings: dict, **video_kwargs):
         if is_frame_input(video):

@@ -46,6 +46,7 @@ def is_image_path(path: str | os.PathLike) -> bool:
 _EPS = 1e-6
 _SAMPLINGS = ("uniform", "fps")
 _MIN_SKIP = 16  # frames a keyframe jump must skip to be worth a decoder restart
+_MAX_FPS = 1e6  # sample times per second: beyond any real frame rate (keeps them exact in float64)
 
 
 class VideoError(ValueError):
@@ -228,12 +229,14 @@ def _check_request(path, num_frames, sampling, fps, start_s, end_s) -> None:
         raise VideoError(f"{path}: num_frames must be an integer >= 1, got {num_frames!r}")
     if sampling not in _SAMPLINGS:
         raise VideoError(f"{path}: sampling must be one of {_SAMPLINGS}, got {sampling!r}")
-    if sampling == "fps" and (fps is None or not math.isfinite(fps) or fps <= 0):
-        raise VideoError(f"{path}: sampling='fps' needs fps > 0, got fps={fps!r}")
+    if sampling == "fps" and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps)
+                              or not 0 < fps <= _MAX_FPS):
+        raise VideoError(f"{path}: sampling='fps' needs 0 < fps <= {_MAX_FPS:g}, got fps={fps!r}")
     if sampling == "uniform" and fps is not None:
         raise VideoError(f"{path}: fps={fps!r} is only used with sampling='fps', got sampling='uniform'")
     for name, value in (("start_s", start_s), ("end_s", end_s)):
-        if value is not None and (not math.isfinite(value) or value < 0):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value) or value < 0):
             raise VideoError(f"{path}: {name} must be a finite number >= 0, got {value!r}")
     if start_s is not None and end_s is not None and end_s <= start_s:
         raise VideoError(f"{path}: empty time range, end_s={end_s} must be > start_s={start_s}")
@@ -305,13 +308,16 @@ def _select(path, times, avg_fps, num_frames, sampling, fps, start_s, end_s) -> 
     lo, hi = _frames_in_range(path, times, duration, start_s, end_s)
     if sampling == "uniform":
         picks = np.arange(lo, hi + 1)
+        chosen = picks[np.linspace(0, len(picks) - 1, num_frames, dtype=int)]
     else:
         start = 0.0 if start_s is None else float(start_s)
         end = duration if end_s is None else float(end_s)
         count = max(1, math.ceil((end - start) * fps - _EPS))
-        targets = start + np.arange(count, dtype=np.float64) / fps
-        picks = np.clip(np.searchsorted(times, targets + _EPS, side="right") - 1, lo, hi)
-    chosen = picks[np.linspace(0, len(picks) - 1, num_frames, dtype=int)]
+        # Pick number np.linspace(0, count - 1, num_frames) of the targets start + k / fps,
+        # computed for those k only (a high fps makes ``count`` huge).
+        keep = np.linspace(0, count - 1, num_frames, dtype=int)
+        targets = start + keep.astype(np.float64) / fps
+        chosen = np.clip(np.searchsorted(times, targets + _EPS, side="right") - 1, lo, hi)
     # Decode one frame past the range so that its timestamp is checked too.
     stop = hi + 1 if hi + 1 < len(times) else None
     return chosen, stop

@@ -12,7 +12,9 @@
 ``--engines`` runs an export folder (TensorRT when it has engines and TensorRT is present,
 else ONNX Runtime); ``--ckpt`` runs the checkpoint eagerly in PyTorch (the reference).
 ``--interactive`` encodes the video once and answers one question per stdin line as
-follow-ups in one conversation (``/reset`` starts a new conversation about the same video).
+follow-ups in one conversation (``/reset`` starts a new conversation about the same video);
+each line is answered as soon as it is read (a pipe works: write a line, read the answer).
+``--json`` is checked before any work; the answer is printed even when writing it fails.
 Bad input ends with one ``error: ...`` line on stderr and exit status 2; in interactive mode
 a bad question prints that line and the session goes on (the exit status is then 2).
 """
@@ -20,14 +22,14 @@ a bad question prints that line and the session goes on (the exit status is then
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import warnings
 from pathlib import Path
 
 from slowfast_trt.cli import live
-from slowfast_trt.cli.errors import run_cli
+from slowfast_trt.cli.checks import as_flags, check_destination, check_options, write_json
+from slowfast_trt.cli.errors import attempt, print_out, run_cli
 from slowfast_trt.models.slowfast.config import SlowFastConfig
 
 
@@ -77,12 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _resolve_inputs(args) -> tuple[str, str | None, str | None]:
     """(model source, video, question); the question may come from stdin in interactive mode."""
     if args.demo:
-        from slowfast_trt.cli.demo import DEMO_QUESTION, ensure_demo_assets, ensure_demo_export
+        from slowfast_trt.cli.demo import DEMO_QUESTION, demo_paths
 
-        _, video = ensure_demo_assets()
-        # The main job end to end: export the built-in checkpoint once, then run the engines.
-        source = args.engines or args.ckpt or str(ensure_demo_export(progress=lambda m: print(m, file=sys.stderr)))
-        return str(source), str(args.video or video), args.question or (None if args.interactive else DEMO_QUESTION)
+        # The main job end to end: the built-in checkpoint's export (made, or rebuilt when
+        # damaged, by _load), then the engines.
+        paths = demo_paths()
+        source = args.engines or args.ckpt or str(paths["export"])
+        return str(source), str(args.video or paths["video"]), args.question or (None if args.interactive else DEMO_QUESTION)
     if args.ckpt and args.engines:
         raise ValueError("give either --ckpt or --engines, not both")
     required = [("--ckpt or --engines", args.ckpt or args.engines), ("--video", args.video)]
@@ -106,13 +109,26 @@ def _sampling(args) -> dict:
         top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=args.seed,
         stop_strings=tuple(args.stop),
     )
-    SamplingParams(**params)  # bad values fail before anything is loaded
+    try:
+        SamplingParams(**params)  # bad values fail before anything is loaded
+    except ValueError as exc:
+        raise as_flags(exc) from None
     return params
+
+
+def _load(args, source: str):
+    """The runtime of ``source``; for the demo, its cache made (or rebuilt) first."""
+    if args.demo and not (args.engines or args.ckpt):
+        from slowfast_trt.cli.demo import open_demo
+
+        return open_demo(lambda folder: load_runtime(args, str(folder)), progress=lambda m: print(m, file=sys.stderr))
+    return load_runtime(args, source)
 
 
 def load_runtime(args, source: str):
     from slowfast_trt.runtime.slowfast_runtime import SlowFastRuntime
 
+    check_options(args)
     if args.frames is not None and args.frames < 1:
         raise ValueError(f"--frames must be >= 1, got {args.frames}")
     is_export = bool(args.engines) or (Path(source) / "manifest.json").is_file()
@@ -151,8 +167,8 @@ def _answer(session, question: str, sampling: dict, stream: bool) -> dict:
         if stream:
             pieces = session.stream(question, **sampling)
             for piece in pieces:
-                print(piece, end="", flush=True)
-            print(flush=True)
+                print_out(piece, end="")
+            print_out()
             result = pieces.result
         else:
             result = session.ask(question, **sampling)
@@ -165,8 +181,12 @@ def run(args) -> dict:
     """One question (non-interactive); returns the JSON-able result."""
     source, video, question = _resolve_inputs(args)
     sampling = _sampling(args)
+    if args.demo:
+        from slowfast_trt.cli.demo import describe
+
+        describe(question, video, custom_video=bool(args.video))
     start = time.perf_counter()
-    runtime = load_runtime(args, source)
+    runtime = _load(args, source)
     load_ms = (time.perf_counter() - start) * 1e3
     with _open(runtime, args, video) as session:
         out = _answer(session, question, sampling, args.stream)
@@ -190,33 +210,39 @@ def interactive(args, stdin=None) -> int:
     stdin = stdin or sys.stdin
     source, video, question = _resolve_inputs(args)
     sampling = _sampling(args)
-    runtime = load_runtime(args, source)
+    runtime = _load(args, source)
     results, status = [], 0
     with _open(runtime, args, video) as session:
         print(f"[{runtime.backend} on {runtime.device}; one question per line, /reset for a new conversation, "
               "end with Ctrl-D]", file=sys.stderr, flush=True)
-        lines = ([question] if question else []) + [line.rstrip("\n") for line in stdin]
-        for line in lines:
+        for line in _questions(question, stdin):
             if not line.strip():
                 continue
             if line.strip() == "/reset":
                 session.reset()
                 continue
-            try:
-                out = _answer(session, line, sampling, args.stream)
-            except ValueError as exc:  # this question only: the session stays usable
-                print(f"error: {exc}", file=sys.stderr, flush=True)
+            ok, out = attempt(lambda: _answer(session, line, sampling, args.stream))
+            if not ok:  # this question only (its one error line is printed): the session stays usable
                 status = 2
                 continue
             if not args.stream:
-                print(out["text"], flush=True)
+                print_out(out["text"])
             print(_stats_line(out), file=sys.stderr, flush=True)
             if out.get("history_note"):
                 print(f"note: {out['history_note']}", file=sys.stderr, flush=True)
             results.append(out)
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+        write_json(args.json_out, results, printed="every answer")
     return status
+
+
+def _questions(first: str | None, stdin):
+    """``first`` (``--question``), then stdin's lines, each as soon as it is read (``readline``,
+    not the whole input first: a program writing into a pipe gets each answer before the next)."""
+    if first:
+        yield first
+    for line in iter(stdin.readline, ""):
+        yield line.rstrip("\n")
 
 
 def run_live(args, stdin=None) -> int:
@@ -235,14 +261,25 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         if args.live:
             return run_live(args)
+        check_destination(args.json_out)  # before any work: a bad path is found now, not after the answer
         if args.interactive:
             return interactive(args)
         out = run(args)
-        if args.json_out:
-            Path(args.json_out).write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
+        failed = None
+        if args.json_out:  # first: the file is written even when stdout is a closed pipe
+            try:
+                write_json(args.json_out, out)
+            except OSError as exc:
+                failed = exc
         if not args.stream:
-            print(out["text"])
-        print(_stats_line(out), file=sys.stderr)
+            print_out(out["text"])
+        print(_stats_line(out), file=sys.stderr, flush=True)
+        if args.demo:
+            from slowfast_trt.cli.demo import next_steps
+
+            next_steps()
+        if failed is not None:
+            raise failed
         return 0
 
     return run_cli(body)

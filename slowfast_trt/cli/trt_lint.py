@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from slowfast_trt.cli.errors import error_line
+from slowfast_trt.cli.errors import run_cli
 from slowfast_trt.export.trt_lint import lint_model
 
 
@@ -17,20 +17,19 @@ def main(argv: list[str] | None = None) -> int:
     if not files or any(f.startswith("-") for f in files):
         print("usage: slowfast-trt-lint FILE.onnx...", file=sys.stderr)
         return 2
+    return run_cli(lambda: _lint(files))
+
+
+def _lint(files: list[str]) -> int:
     status = 0
     for name in files:
-        try:
-            problems = lint_model(name)
-        except (ValueError, OSError) as exc:
-            print(error_line(exc), file=sys.stderr)
-            return 2
+        problems = lint_model(name)  # an unreadable file: one error line, exit 2 (run_cli)
         for problem in problems:
             print(f"{name}: {problem}")
         if not problems:
             print(f"{name}: ok")
         status = status or (1 if problems else 0)
     return status
-
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import statistics
 import sys
 import time
@@ -270,7 +269,9 @@ def release_runtimes(loaded: dict) -> None:
     trim_memory()  # gc + malloc_trim
 
 
-def bench(args) -> dict:
+def bench(args, rows: list | None = None) -> dict:
+    """Measure every decode-steps mode and frame count; ``rows`` (if given) gets each row as
+    it is measured, so a caller still has them when a later one fails."""
     from slowfast_trt.runtime.slowfast_runtime import SlowFastRuntime
 
     for name, value, low in (("--new-tokens", args.new_tokens, 2), ("--runs", args.runs, 1), ("--warmup", args.warmup, 0)):
@@ -285,7 +286,7 @@ def bench(args) -> dict:
         import torch
 
         torch.set_num_threads(args.threads)
-    rows, info = [], {}
+    rows, info = ([] if rows is None else rows), {}
     for steps in dict.fromkeys(args.decode_steps):
         loaded = {}  # at most one runtime: the previous export is released before the next loads
         for frames in args.frames:
@@ -333,14 +334,59 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli(lambda: _main(args))
 
 
+def check_before_work(args) -> None:
+    """What can be known to fail before anything is measured: options, the --json file, and
+    --decode-steps cuda-graph where no CUDA device or no capturing backend is."""
+    import torch
+
+    from slowfast_trt.cli.checks import check_destination, check_options
+
+    check_options(args)
+    check_destination(args.json_out)
+    if "cuda-graph" in args.decode_steps:
+        device = args.device or ("cpu" if args.ckpt else None)
+        if not torch.cuda.is_available() or (device is not None and not str(device).startswith("cuda")):
+            where = f"--device {device}" if device else "no CUDA device is available"
+            raise ValueError(f"--decode-steps cuda-graph needs a CUDA device ({where}); measure dynamic or static here")
+        if args.backend == "onnxruntime":
+            raise ValueError("--decode-steps cuda-graph needs --backend tensorrt or torch (ONNX Runtime cannot be captured)")
+
+
 def _main(args) -> int:
+    check_before_work(args)
     if args.stream:
         return _main_stream(args)
     start = time.perf_counter()
-    out = bench(args)
+    rows: list[dict] = []
+    try:
+        out = bench(args, rows)
+    except BaseException:
+        _keep_partial(args, rows)  # a later mode or frame count failed (or Ctrl-C): keep what was measured
+        raise
     out["wall_s"] = round(time.perf_counter() - start, 3)
+    _print_results(out)
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps(out, indent=2) + "\n")
+        from slowfast_trt.cli.checks import write_json
+
+        write_json(args.json_out, out, printed="the table")
+    return 0
+
+
+def _keep_partial(args, rows: list[dict]) -> None:
+    if not rows:
+        return
+    print(f"[bench] stopped after {len(rows)} measured rows; those measured so far:", file=sys.stderr, flush=True)
+    print(format_table(rows), flush=True)
+    if args.json_out:
+        from slowfast_trt.cli.checks import write_json
+
+        try:
+            write_json(args.json_out, {"partial": True, "results": rows}, printed="the table")
+        except OSError as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+
+
+def _print_results(out: dict) -> None:
     print(f"{out['backend']} on {out['device']} ({out['dtype']}), decode mode {out['decode_mode']}, "
           f"{out['new_tokens']} new tokens, median of {out['runs']} runs (times in ms)")
     print(format_table(out["results"]))
@@ -350,8 +396,7 @@ def _main(args) -> int:
               f"upstream-style baseline (slow K/V recomputed every step) x{flat['baseline_ratio']:.2f}")
     for ratio in out["decode_steps_ratios"]:
         print(f"decode ms/token at {ratio['frames']} frames, {ratio['decode_steps']} over {ratio['versus']}: "
-              f"x{ratio['ms_per_token_ratio']:.2f}")
-    return 0
+              f"x{ratio['ms_per_token_ratio']:.2f}", flush=True)
 
 
 def _main_stream(args) -> int:
@@ -368,9 +413,11 @@ def _main_stream(args) -> int:
     start = time.perf_counter()
     out = bench_stream.run(args)
     out["wall_s"] = round(time.perf_counter() - start, 3)
+    print(bench_stream.format_report(out), flush=True)
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps(out, indent=2) + "\n")
-    print(bench_stream.format_report(out))
+        from slowfast_trt.cli.checks import write_json
+
+        write_json(args.json_out, out, printed="the report")
     return 0
 
 

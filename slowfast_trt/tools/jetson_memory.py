@@ -36,6 +36,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from slowfast_trt.cli.errors import run_cli
 from slowfast_trt.tools.jetson_devices import GIB, RESERVE_BYTES  # noqa: E402
 
 INT4_BLOCK = 128
@@ -207,7 +208,12 @@ def _load(args):
     from slowfast_trt.models.slowfast.config import SlowFastConfig
 
     if args.manifest:
-        manifest = json.loads(Path(args.manifest).read_text(encoding="utf-8"))
+        try:
+            manifest = json.loads(Path(args.manifest).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"--manifest {args.manifest}: not valid JSON ({exc})") from None
+        if not isinstance(manifest, dict):
+            raise ValueError(f"--manifest {args.manifest}: expected a JSON object (an export folder's manifest.json)")
         config = SlowFastConfig.from_file(Path(args.manifest).parent / "config.json")
         return config, manifest.get("vocab_rows"), manifest.get("max_seq_len"), manifest.get("frames")
     directory = Path(args.ckpt)
@@ -245,21 +251,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--with-nocross", action="store_true", help="also count a decoder_nocross engine (a 2nd weight copy)")
     p.add_argument("--json", help="write the rows as JSON here")
     args = p.parse_args(argv)
-    try:
-        config, vocab_rows, seq, frames = _load(args)
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_cli(lambda: _main(args))
+
+
+def _main(args) -> int:
+    from slowfast_trt.cli.checks import check_destination, write_json
     from slowfast_trt.models.slowfast.specs import fast_token_count
 
+    for flag, value in (("--max-seq-len", args.max_seq_len), ("--frames", args.frames), ("--vision-batch", args.vision_batch),
+                        ("--prefill-rows", args.prefill_rows)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+    check_destination(args.json)
+    config, vocab_rows, seq, frames = _load(args)
     sizes = model_sizes(config, vocab_rows)
     frames = args.frames or frames or config.training_frames
     rows = device_rows(sizes, fast_tokens=fast_token_count(config, frames), frames=frames, max_seq_len=args.max_seq_len or seq or DEFAULT_MAX_SEQ_LEN,
                        vision_batch=args.vision_batch, prefill_rows=args.prefill_rows, with_nocross=args.with_nocross)
     print(format_table(rows))
-    print("GiB; tok/s = decode ceiling from DRAM bandwidth (decoder weights + full KV cache read per token)")
+    print("GiB; tok/s = decode ceiling from DRAM bandwidth (decoder weights + full KV cache read per token)", flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps({"sizes": asdict(sizes), "rows": rows}, indent=2) + "\n", encoding="utf-8")
+        write_json(args.json, {"sizes": asdict(sizes), "rows": rows}, printed="the table")
     return 0
 
 

@@ -7,6 +7,7 @@ naming the file and the key.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -38,6 +39,45 @@ def positive_int(cfg: Mapping[str, Any], key: str, source: str, default: int | N
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{source}: key '{key}' must be a positive integer, got {value!r}")
     return value
+
+
+def finite_float(cfg: Mapping[str, Any], key: str, source: str, default: float) -> float:
+    """A positive finite number (an int is fine), ``default`` when absent or null."""
+    value = cfg.get(key, default)
+    value = default if value is None else value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{source}: key '{key}' must be a positive number, got {value!r}")
+    return float(value)
+
+
+def boolean(cfg: Mapping[str, Any], key: str, source: str, default: bool) -> bool:
+    value = cfg.get(key, default)
+    value = default if value is None else value
+    if not isinstance(value, bool):
+        raise ValueError(f"{source}: key '{key}' must be true or false, got {value!r}")
+    return value
+
+
+def token_id(cfg: Mapping[str, Any], key: str, source: str) -> int | None:
+    """A token id: an integer >= 0, a list of them (Hugging Face allows several), or null."""
+    value = cfg.get(key)
+    ids = value if isinstance(value, list) else [value]
+    if value is not None and not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        raise ValueError(f"{source}: key '{key}' must be a token id (an integer >= 0), a list of them or null, got {value!r}")
+    return value
+
+
+# config.json keys that transformers interprets when it reads the file for the tokenizer.
+_TORCH_DTYPES = ("float32", "float16", "bfloat16", "float64", "float", "half", "double", "auto")
+
+
+def _check_transformers_keys(cfg: Mapping[str, Any], source: str) -> None:
+    dtype = cfg.get("torch_dtype")
+    if dtype is not None and dtype not in _TORCH_DTYPES:
+        raise ValueError(f"{source}: unsupported value {dtype!r} for key 'torch_dtype' (supported: {', '.join(_TORCH_DTYPES)})")
+    scaling = cfg.get("rope_scaling")
+    if scaling is not None and not isinstance(scaling, Mapping):
+        raise ValueError(f"{source}: key 'rope_scaling' must be an object or null, got {scaling!r}")
 
 
 @dataclass(frozen=True)
@@ -78,9 +118,10 @@ class TextConfig:
         act = cfg.get("hidden_act", "silu")
         if act != "silu":
             raise ValueError(f"{source}: unsupported value {act!r} for key 'hidden_act' (supported: 'silu')")
-        if cfg.get("use_sliding_window", False):
+        if boolean(cfg, "use_sliding_window", source, False):
             raise ValueError(f"{source}: unsupported value True for key 'use_sliding_window' (sliding-window attention)")
         # Upstream LlavaQwenSlowFastForCausalLM sets config.rope_scaling = None: plain RoPE always.
+        _check_transformers_keys(cfg, source)
         return cls(
             vocab_size=positive_int(cfg, "vocab_size", source),
             hidden_size=hidden,
@@ -88,12 +129,12 @@ class TextConfig:
             num_layers=positive_int(cfg, "num_hidden_layers", source),
             num_heads=heads,
             num_kv_heads=kv_heads,
-            rope_theta=float(cfg.get("rope_theta", 10000.0)),
-            rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+            rope_theta=finite_float(cfg, "rope_theta", source, 10000.0),
+            rms_norm_eps=finite_float(cfg, "rms_norm_eps", source, 1e-6),
             max_position_embeddings=positive_int(cfg, "max_position_embeddings", source, default=32768),
-            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            eos_token_id=cfg.get("eos_token_id"),
-            bos_token_id=cfg.get("bos_token_id"),
+            tie_word_embeddings=boolean(cfg, "tie_word_embeddings", source, False),
+            eos_token_id=token_id(cfg, "eos_token_id", source),
+            bos_token_id=token_id(cfg, "bos_token_id", source),
         )
 
 

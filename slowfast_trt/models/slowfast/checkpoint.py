@@ -30,7 +30,7 @@ from slowfast_trt.dtypes import parse_model_dtype
 from slowfast_trt.models.slowfast.config import SlowFastConfig
 from slowfast_trt.models.slowfast.convnext import ConvNeXtSpec
 from slowfast_trt.models.slowfast.model import SlowFastModel
-from slowfast_trt.models.slowfast.weight_names import plan_mapping, vision_relative_shapes
+from slowfast_trt.models.slowfast.weight_names import plan_mapping, upstream_name, vision_relative_shapes
 
 # Parts of :class:`SlowFastModel` that can be loaded alone: name -> parameter-name prefix.
 PARTS = {"vision": "vision.", "projector": "projector.", "embed": "embed_tokens.", "decoder": "decoder."}
@@ -116,7 +116,8 @@ def open_model(
         sources.setdefault("decoder.lm_head.weight", sources["embed_tokens.weight"])
     leftover = [n for n, _ in model.named_parameters(remove_duplicate=False) if n not in sources]
     if leftover:
-        raise ValueError(f"{directory}: parameters left unloaded: {', '.join(leftover[:8])}")
+        names = ", ".join(upstream_name(n) for n in leftover[:8])
+        raise ValueError(f"{directory}: checkpoint tensors missing (parameters left unloaded): {names}")
     model.to(torch_dtype)  # meta: no bytes
     model.checkpoint_weights = CheckpointWeights(reader, sources, torch_dtype)
     return model.eval()

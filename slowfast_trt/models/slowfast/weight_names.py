@@ -49,6 +49,45 @@ def rename(upstream_name: str) -> tuple[bool, str | None]:
     return False, None
 
 
+_GROUP = re.compile(r"\((?:[^()\\]|\\.)*\)")  # a (non-nested) group of a rule's pattern
+
+
+def _inverse_rules() -> tuple[tuple[re.Pattern, str], ...]:
+    """(pattern on our name, upstream name template) per rule: each group of the upstream pattern
+    becomes the back-reference the rule's target uses for it, and the reverse."""
+    rules = []
+    for pattern, target in RENAME_RULES:
+        if target is None:
+            continue
+        groups = _GROUP.findall(pattern)
+        ours = re.escape(target)
+        for number, group in enumerate(groups, 1):
+            ours = ours.replace(re.escape(f"\\{number}"), group)
+        template, count = pattern, 0
+
+        def number_group(match):
+            nonlocal count
+            count += 1
+            return f"\\{count}"
+
+        template = _GROUP.sub(number_group, template).replace("\\.", ".")
+        rules.append((re.compile(ours + "$"), template))
+    return tuple(rules)
+
+
+_INVERSE = _inverse_rules()
+
+
+def upstream_name(ours: str) -> str:
+    """The checkpoint tensor name a parameter of ours is loaded from (``ours`` when no rule maps
+    to it); where two upstream spellings map to one parameter, the first rule's."""
+    for pattern, template in _INVERSE:
+        match = pattern.match(ours)
+        if match:
+            return match.expand(template)
+    return ours
+
+
 def vision_relative_shapes(shapes: Mapping[str, Sequence[int]]) -> dict[str, Sequence[int]]:
     """Upstream vision tower tensors with the ``model.vision_tower.vision_tower.`` prefix removed."""
     return {k[len(VISION_PREFIX):]: v for k, v in shapes.items() if k.startswith(VISION_PREFIX)}
@@ -106,5 +145,6 @@ def plan_mapping(
             report.mis_shaped.append(f"{name} {list(got)} (expected {list(expected)})")
         report.mapping[name] = ours
         seen.add(ours)
-    report.missing = sorted(set(model_shapes) - seen)
+    # Missing tensors are named as the checkpoint would name them (what a user can look for).
+    report.missing = sorted(upstream_name(name) for name in set(model_shapes) - seen)
     return report
