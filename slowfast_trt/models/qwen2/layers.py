@@ -158,15 +158,20 @@ def attention_graph(q, past_k, past_v, k, v, past_length=None) -> torch.Tensor:
     ``MatMul -> Add -> [Cast float32] -> Softmax -> [Cast] -> MatMul`` on (B, Hkv, G*L, .)
     tensors, plain multi-head attention with Hkv heads. Q, K and V stay in the model dtype;
     the Casts exist only for half graphs."""
-    length, dim, kv_heads = q.shape[1], q.shape[-1], k.shape[2]
+    bsz, length, heads, dim = q.shape
+    kv_heads = k.shape[2]
     qg = _stack_groups(q, kv_heads) * (dim**-0.5)
     keys = torch.cat((past_k, k), dim=1)
     values = torch.cat((past_v, v), dim=1)
     scores = torch.matmul(qg, keys.permute(0, 2, 3, 1))  # B,Hkv,G*L,P+L
-    visible = _visible(length, past_k.shape[1], past_length, q.device, qg.shape[2] // length)
+    visible = _visible(length, past_k.shape[1], past_length, q.device)  # (L, P+L), once for all groups
     zero = torch.zeros((), dtype=scores.dtype, device=q.device)
     bias = torch.where(visible, zero, torch.full((), float("-inf"), dtype=scores.dtype, device=q.device))
-    probs = torch.softmax((scores + bias).to(_softmax_dtype(q.dtype)), dim=-1).to(q.dtype)
+    # Split the row axis only (G, L): the key axis keeps its size (-1), so the mask broadcasts
+    # over the groups instead of being tiled G times.
+    scores = scores.view(bsz, kv_heads, heads // kv_heads, length, -1) + bias
+    probs = torch.softmax(scores.to(_softmax_dtype(q.dtype)), dim=-1).to(q.dtype)
+    probs = probs.view(bsz, kv_heads, heads // kv_heads * length, -1)
     return _unstack_groups(torch.matmul(probs, values.permute(0, 2, 1, 3)), length, q.dtype)
 
 
