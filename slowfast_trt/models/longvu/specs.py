@@ -22,8 +22,8 @@ so the host runs longer videos and more kept frames in chunks). ``decoder``: ``i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
+from slowfast_trt.models.subgraph_spec import SubgraphSpec, TensorSpec
 from slowfast_trt.models.longvu.config import DINO_PIXELS, SIGLIP_PIXELS, TOWER_GRID, LongVUConfig
 from slowfast_trt.models.longvu.model import CHUNK_FRAMES
 
@@ -36,39 +36,6 @@ EMBED_FILE = "embed_tokens.npy"
 PRECISIONS = ("float32", "float16")
 
 
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    shape: tuple[int | str, ...]
-    dtype: str
-
-
-@dataclass(frozen=True)
-class SubgraphSpec:
-    name: str
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    file: str
-    dims: tuple[tuple[str, int, int], ...] = ()
-    data_file: str = ""
-
-    @property
-    def is_onnx(self) -> bool:
-        return self.file.endswith(".onnx")
-
-    @property
-    def input_names(self) -> tuple[str, ...]:
-        return tuple(t.name for t in self.inputs)
-
-    @property
-    def output_names(self) -> tuple[str, ...]:
-        return tuple(t.name for t in self.outputs)
-
-    def dim_range(self, name: str) -> tuple[int, int]:
-        for dim, low, high in self.dims:
-            if dim == name:
-                return low, high
-        raise KeyError(f"{self.name}: no dynamic dimension {name!r}")
 
 
 def _decoder(config: LongVUConfig, precision: str, max_seq_len: int, vocab_rows: int) -> SubgraphSpec:

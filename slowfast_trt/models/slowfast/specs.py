@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from slowfast_trt.models.subgraph_spec import SubgraphSpec, TensorSpec
 from slowfast_trt.models.slowfast.config import SlowFastConfig
 from slowfast_trt.models.slowfast.visual_tokens import fast_frame_count, video_pooling_stride
 
@@ -61,48 +62,6 @@ VISION, PROJECTOR, FAST_POOL, SLOW_KV, DECODER, DECODER_NOCROSS, EMBED = (
 EMBED_FILE = "embed_tokens.npy"
 
 
-@dataclass(frozen=True)
-class TensorSpec:
-    """One graph input or output; ``shape`` holds ints and names of dynamic dimensions."""
-
-    name: str
-    shape: tuple[int | str, ...]
-    dtype: str  # float32 / float16 / int64 / int32 / uint8
-
-
-@dataclass(frozen=True)
-class SubgraphSpec:
-    """One exported subgraph.
-
-    ``dims`` gives (name, min, max) for every named dimension, e.g. for TensorRT profiles.
-    ``data_file`` is the external-data file holding its weights ("" for none);
-    ``decoder`` and ``decoder_nocross`` share one.
-    """
-
-    name: str
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    file: str
-    dims: tuple[tuple[str, int, int], ...] = ()
-    data_file: str = ""
-
-    @property
-    def is_onnx(self) -> bool:
-        return self.file.endswith(".onnx")
-
-    @property
-    def input_names(self) -> tuple[str, ...]:
-        return tuple(t.name for t in self.inputs)
-
-    @property
-    def output_names(self) -> tuple[str, ...]:
-        return tuple(t.name for t in self.outputs)
-
-    def dim_range(self, name: str) -> tuple[int, int]:
-        for dim, low, high in self.dims:
-            if dim == name:
-                return low, high
-        raise KeyError(f"{self.name}: no dynamic dimension {name!r}")
 
 
 def tokens_per_frame(config: SlowFastConfig, frames: int) -> tuple[int, int]:
