@@ -34,7 +34,7 @@ from slowfast_trt.models.longvu.family import LONGVU
 from slowfast_trt.models.longvu.pipeline import VideoFeatures
 from slowfast_trt.models.longvu.reference import LongVUResult
 from slowfast_trt.prompt import ChatTurn, tokenize_prompt
-from slowfast_trt.sampling import SamplingParams
+from slowfast_trt.sampling import SamplingParams, sampling_params
 
 __all__ = ["LongVURuntimeResult", "LongVUSession", "sampling_params"]
 
@@ -52,19 +52,6 @@ class LongVURuntimeResult(LongVUResult):
         out.update(prefill_rows=self.prefill_rows, reused_rows=self.reused_rows, backend=self.backend,
                    history_note=self.history_note)
         return out
-
-
-def sampling_params(**sampling) -> SamplingParams:
-    """``SamplingParams`` from keyword arguments; unknown names are a ``ValueError`` naming them."""
-    known = set(SamplingParams.__dataclass_fields__)
-    unknown = sorted(set(sampling) - known)
-    if unknown:
-        raise ValueError(f"unknown sampling argument(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-    for key in ("stop_token_ids", "stop_strings"):
-        if key in sampling and not isinstance(sampling[key], tuple):
-            value = sampling[key]
-            sampling[key] = (value,) if isinstance(value, (str, int)) else tuple(value)
-    return SamplingParams(**sampling)
 
 
 def _ms(start: float) -> float:

@@ -37,7 +37,7 @@ from slowfast_trt.prompt import (
     tokenize_prompt,
 )
 from slowfast_trt.generation import DecodeOutcome, GenerationResult, apply_stop_strings, decode_loop
-from slowfast_trt.sampling import SamplingParams
+from slowfast_trt.sampling import SamplingParams, sampling_params
 from slowfast_trt.models.slowfast.sequence import (
     SequenceLayout,
     attend_to_rows,
@@ -97,19 +97,6 @@ def common_prefix(a: list[int], b: list[int]) -> int:
         if a[i] != b[i]:
             return i
     return n
-
-
-def sampling_params(**sampling) -> SamplingParams:
-    """``SamplingParams`` from keyword arguments; unknown names are a ``ValueError`` naming them."""
-    known = set(SamplingParams.__dataclass_fields__)
-    unknown = sorted(set(sampling) - known)
-    if unknown:
-        raise ValueError(f"unknown sampling argument(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-    for key in ("stop_token_ids", "stop_strings"):
-        if key in sampling and not isinstance(sampling[key], tuple):
-            value = sampling[key]
-            sampling[key] = (value,) if isinstance(value, (str, int)) else tuple(value)
-    return SamplingParams(**sampling)
 
 
 def _ms(start: float) -> float:

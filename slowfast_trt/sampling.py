@@ -65,6 +65,19 @@ def _real(name: str, value, expected: str, check) -> None:
         raise ValueError(f"{name} must be a finite number {expected}, got {value!r}")
 
 
+def sampling_params(**sampling) -> SamplingParams:
+    """``SamplingParams`` from keyword arguments; unknown names are a ``ValueError`` naming them."""
+    known = set(SamplingParams.__dataclass_fields__)
+    unknown = sorted(set(sampling) - known)
+    if unknown:
+        raise ValueError(f"unknown sampling argument(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    for key in ("stop_token_ids", "stop_strings"):
+        if key in sampling and not isinstance(sampling[key], tuple):
+            value = sampling[key]
+            sampling[key] = (value,) if isinstance(value, (str, int)) else tuple(value)
+    return SamplingParams(**sampling)
+
+
 class TokenSampler:
     """Picks the next token from float logits; owns the random generator of one generation."""
 
