@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=1, help="unrecorded rounds of our systems first (default 1)")
     p.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
     p.add_argument("--upstream-cmd", help="command of an upstream harness (see the module docstring)")
     p.add_argument("--json", dest="json_out")
@@ -166,8 +167,8 @@ def _load_systems(args) -> dict:
 def run_rounds(args, systems: dict, crops: dict, crops_file: Path | None) -> list[dict]:
     """Every round: each system once per frame count, the system order rotated."""
     names = list(systems) + (["upstream"] if crops_file is not None else [])
-    for name in names:  # warm-up, not recorded
-        if name != "upstream":
+    for _ in range(args.warmup):  # not recorded (the harness warms itself up)
+        for name in systems:
             for n in args.frames:
                 systems[name](crops[n], 2)
     samples = []
