@@ -285,6 +285,12 @@ def _seconds(path: str, stream: _Stream) -> np.ndarray:
     """Presentation time of every frame, in seconds from the first frame."""
     pts = stream.pts
     if stream.time_base and all(p is not None for p in pts):
+        num, den = stream.time_base.numerator, stream.time_base.denominator
+        ticks = np.asarray(pts, dtype=np.int64) - int(pts[0])
+        if den < 2**53 and int(np.abs(ticks).max(initial=0)) * num < 2**53:
+            # Both integers are exact in float64, so the IEEE quotient is the correctly rounded
+            # value of the exact rational: the same float as Fraction arithmetic, vectorised.
+            return (ticks * num).astype(np.float64) / float(den)
         return np.array([float((p - pts[0]) * stream.time_base) for p in pts], dtype=np.float64)
     if stream.avg_fps > 0:
         # Streams without timestamps (some raw elementary streams): assume a constant rate.

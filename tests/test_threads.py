@@ -20,24 +20,12 @@ def clips(sample_video):
     return {n: load_video(sample_video, n).frames for n in (2, 4)}
 
 
-def _export(request, tiny_ckpt, tmp_path_factory):
-    try:  # the session's shared export, where conftest has one
-        return request.getfixturevalue("tiny_exports")("tiny_ckpt")
-    except pytest.FixtureLookupError:
-        from slowfast_trt.export.pipeline import ExportRequest, export_checkpoint
-
-        out = tmp_path_factory.mktemp("threads_export") / "tiny"
-        export_checkpoint(ExportRequest(ckpt=str(tiny_ckpt), out=out, backend="onnxruntime", precision="fp32",
-                                        max_seq_len=1600), progress=lambda message: None)
-        return out
-
-
 @pytest.fixture(scope="module", params=["onnxruntime", "torch"])
-def rt(request, tiny_ckpt, tmp_path_factory):
+def rt(request, tiny_ckpt, tiny_exports):
     if request.param == "torch":
         runtime = SlowFastRuntime.load(tiny_ckpt, backend="torch", device="cpu", max_seq_len=1024)
     else:
-        runtime = SlowFastRuntime.load(_export(request, tiny_ckpt, tmp_path_factory), threads=1)
+        runtime = SlowFastRuntime.load(tiny_exports("tiny_ckpt"), threads=1)
     yield runtime
     runtime.close()
 
