@@ -238,10 +238,11 @@ def interactive(args, stdin=None) -> int:
 
 def _questions(first: str | None, stdin):
     """``first`` (``--question``), then stdin's lines, each as soon as it is read (``readline``,
-    not the whole input first: a program writing into a pipe gets each answer before the next)."""
+    not the whole input first: a program writing into a pipe gets each answer before the next);
+    ``stdin`` may also be any iterable of lines."""
     if first:
         yield first
-    for line in iter(stdin.readline, ""):
+    for line in iter(stdin.readline, "") if hasattr(stdin, "readline") else stdin:
         yield line.rstrip("\n")
 
 
