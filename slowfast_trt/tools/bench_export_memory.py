@@ -42,6 +42,8 @@ import threading
 import time
 from pathlib import Path
 
+from slowfast_trt.cli.errors import run_cli
+
 TARGET_RATIO = 1.3
 GIB = 1 << 30
 FULL_LAYERS = 28
@@ -276,6 +278,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="the 7B's ConvNeXt-XXL vision tower (1.57 GiB) instead of a tiny one")
     p.add_argument("--keep", action="store_true", help="keep checkpoints and exports (default: delete both)")
     args = p.parse_args(argv)
+    return run_cli(lambda: _main(args))
+
+
+def _main(args) -> int:
     args.workdir.mkdir(parents=True, exist_ok=True)
     base = _base_rss(args.interval)
     runs = []

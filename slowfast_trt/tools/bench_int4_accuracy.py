@@ -44,6 +44,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from slowfast_trt.cli.errors import run_cli
 from slowfast_trt.models.slowfast import specs as S
 
 QUESTIONS = (
@@ -253,6 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None)
     p.add_argument("--keep", action="store_true")
     args = p.parse_args(argv)
+    return run_cli(lambda: _main(args))
+
+
+def _main(args) -> int:
     start = time.perf_counter()
 
     def log(message: str) -> None:
