@@ -268,9 +268,10 @@ def test_output_into_a_closed_pipe_is_quiet(mode, ask, tmp_path):
     assert json.loads(out_file.read_text())  # the --json file is written all the same
 
 
-def test_jetson_memory_into_a_closed_pipe_is_quiet(tiny_ckpt):
-    code, err = _closed_stdout(["slowfast_trt.tools.jetson_memory", "--ckpt", tiny_ckpt])
+def test_jetson_memory_into_a_closed_pipe_is_quiet(tiny_ckpt, tmp_path):
+    code, err = _closed_stdout(["slowfast_trt.tools.jetson_memory", "--ckpt", tiny_ckpt, "--json", tmp_path / "m.json"])
     assert code == 0 and "Traceback" not in err, err
+    assert json.loads((tmp_path / "m.json").read_text())["rows"]
 
 
 # -- export folders -------------------------------------------------------------------------

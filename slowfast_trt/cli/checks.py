@@ -5,7 +5,8 @@
 * :func:`check_destination`: a ``--json`` file must be writable before the work starts (a
   missing folder, a directory, ``/proc/x.json`` fail at once, not after the generation).
 * :func:`write_json`: if writing still fails at the end, the error names the option and says
-  the result was printed to stdout (the command prints it before writing the file).
+  the result was printed to stdout; :func:`write_then_print` writes first (a closed stdout does
+  not lose the file), shows the result, then reports a failed write.
 * :func:`as_flags`: a library error about ``max_new_tokens`` speaks of ``--max-new-tokens``.
 """
 
@@ -15,7 +16,7 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["as_flags", "check_destination", "check_options", "write_json"]
+__all__ = ["as_flags", "check_destination", "check_options", "write_json", "write_then_print"]
 
 # SamplingParams fields -> the run/bench options that set them.
 _FLAGS = {
@@ -63,6 +64,21 @@ def check_destination(path: str | os.PathLike | None, flag: str = "--json") -> N
         raise ValueError(f"{flag} {path}: cannot write there ({exc.strerror or exc})") from None
     if not existed:
         target.unlink(missing_ok=True)
+
+
+def write_then_print(path: str | os.PathLike | None, data, show, flag: str = "--json", printed: str = "the result") -> None:
+    """Write ``data`` to ``path`` (if given), then ``show()`` it on stdout, then raise the write's
+    error if it failed: the file is written even when stdout is a closed pipe, and the result is
+    shown even when the file cannot be written."""
+    failed = None
+    if path is not None:
+        try:
+            write_json(path, data, flag, printed)
+        except OSError as exc:
+            failed = exc
+    show()
+    if failed is not None:
+        raise failed
 
 
 def write_json(path: str | os.PathLike, data, flag: str = "--json", printed: str = "the answer") -> None:

@@ -364,11 +364,9 @@ def _main(args) -> int:
         _keep_partial(args, rows)  # a later mode or frame count failed (or Ctrl-C): keep what was measured
         raise
     out["wall_s"] = round(time.perf_counter() - start, 3)
-    _print_results(out)
-    if args.json_out:
-        from slowfast_trt.cli.checks import write_json
+    from slowfast_trt.cli.checks import write_then_print
 
-        write_json(args.json_out, out, printed="the table")
+    write_then_print(args.json_out, out, lambda: _print_results(out), printed="the table")
     return 0
 
 
@@ -413,11 +411,9 @@ def _main_stream(args) -> int:
     start = time.perf_counter()
     out = bench_stream.run(args)
     out["wall_s"] = round(time.perf_counter() - start, 3)
-    print(bench_stream.format_report(out), flush=True)
-    if args.json_out:
-        from slowfast_trt.cli.checks import write_json
+    from slowfast_trt.cli.checks import write_then_print
 
-        write_json(args.json_out, out, printed="the report")
+    write_then_print(args.json_out, out, lambda: print(bench_stream.format_report(out), flush=True), printed="the report")
     return 0
 
 

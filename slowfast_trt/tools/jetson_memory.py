@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args) -> int:
-    from slowfast_trt.cli.checks import check_destination, write_json
+    from slowfast_trt.cli.checks import check_destination, write_then_print
     from slowfast_trt.models.slowfast.specs import fast_token_count
 
     for flag, value in (("--max-seq-len", args.max_seq_len), ("--frames", args.frames), ("--vision-batch", args.vision_batch),
@@ -268,10 +268,12 @@ def _main(args) -> int:
     frames = args.frames or frames or config.training_frames
     rows = device_rows(sizes, fast_tokens=fast_token_count(config, frames), frames=frames, max_seq_len=args.max_seq_len or seq or DEFAULT_MAX_SEQ_LEN,
                        vision_batch=args.vision_batch, prefill_rows=args.prefill_rows, with_nocross=args.with_nocross)
-    print(format_table(rows))
-    print("GiB; tok/s = decode ceiling from DRAM bandwidth (decoder weights + full KV cache read per token)", flush=True)
-    if args.json:
-        write_json(args.json, {"sizes": asdict(sizes), "rows": rows}, printed="the table")
+
+    def show() -> None:
+        print(format_table(rows))
+        print("GiB; tok/s = decode ceiling from DRAM bandwidth (decoder weights + full KV cache read per token)", flush=True)
+
+    write_then_print(args.json, {"sizes": asdict(sizes), "rows": rows}, show, printed="the table")
     return 0
 
 
