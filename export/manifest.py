@@ -162,6 +162,10 @@ def check_manifest(manifest: Mapping[str, Any], expected_version: str, ckpt_hash
             f"export uses custom op {op.get('domain')}::{op.get('name')} v{op.get('op_version')}, "
             f"this package has {contract['domain']}::{contract['name']} v{contract['op_version']}; {_REBUILD}"
         )
+    for key in ("frames", "max_frames", "max_seq_len", "vocab_rows"):
+        value = manifest.get(key)  # read as int() by the runtime: a string would fail without a name
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"manifest.json: key '{key}' must be a positive integer, got {value!r}; {_REBUILD}")
     if ckpt_hash is not None:
         recorded = (manifest.get("source") or {}).get("hash")
         if recorded != ckpt_hash:

@@ -286,3 +286,14 @@ def test_export_folders_follow_the_umask(tmp_path):
     finally:
         os.umask(umask)
     assert stage.stat().st_mode & 0o777 == 0o755
+
+
+@pytest.mark.parametrize("key", ["frames", "max_frames", "max_seq_len", "vocab_rows"])
+def test_manifest_value_of_the_wrong_type_names_the_key(key, tiny_exports, sample_video, capsys, tmp_path):
+    folder = tmp_path / "export"
+    shutil.copytree(tiny_exports("tiny_ckpt"), folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest[key] = "sixty-four"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    code, _, err = call(run_cli.main, ["--engines", folder, "--video", sample_video, "--question", "q"], capsys)
+    one_error(code, err, "manifest.json", f"'{key}'")
