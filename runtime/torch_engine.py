@@ -18,9 +18,9 @@ attending row it is bit-exact to the exported ``decoder_nocross``). ``projector`
 ``fast_pool`` run the model's own pooling (``avg_pool2d``, ``avg_pool3d``, adaptive pooling:
 the reference's numbers, bit for bit); the pooling matrices the graphs take as data only say
 which branch (image or video) and the output shape here.
-The vision engine normalises in float32 on the tower's device with
-:func:`slowfast_trt.preprocess.normalize_tensor`, bit-identical to the reference's
-:func:`~slowfast_trt.preprocess.normalize`, so token ids match the reference bit for bit.
+The vision engine feeds the uint8 frames to the tower with the pixel normalisation folded into
+the stem convolution (``ConvNeXtTower.encode_frames``, as the exported vision graph): no pass over
+the frames normalises them; features match the reference's normalise-then-convolve to ~1e-6.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import torch
 from slowfast_trt.models.slowfast import specs as S
 from slowfast_trt.models.slowfast.visual_tokens import pool_grid, split_slow_fast
 from slowfast_trt.models.slowfast.model import SlowFastModel
-from slowfast_trt.preprocess import normalize_tensor
+from slowfast_trt.preprocess import CLIP_MEAN, CLIP_STD
 from slowfast_trt.runtime.engine import Engine, TensorInfo, check_feeds, check_output_buffer, dtype_name
 
 __all__ = ["TorchEngine", "torch_engines"]
@@ -80,8 +80,7 @@ def _stage_functions(model: SlowFastModel) -> dict:
     hybrid = len(model.decoder.hybrid_layer_ids)
 
     def vision(frames):
-        pixels = normalize_tensor(frames.to(dev))  # float32 on the tower's device, channels-last
-        return {"features": model.vision(pixels.to(model.dtype))}
+        return {"features": model.vision.encode_frames(frames.to(dev), CLIP_MEAN, CLIP_STD)}
 
     def projector(features, grid_pool):
         projected = model.projector(features)

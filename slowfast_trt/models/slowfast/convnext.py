@@ -75,6 +75,24 @@ class LayerNorm2d(nn.LayerNorm):
         return x.permute(0, 3, 1, 2)
 
 
+def _fused_cpu_linear(x: torch.Tensor) -> bool:
+    """oneDNN's fused linear (bias and GELU applied as the product is written) for float32 CPU
+    inference. ``F.linear`` first copies the bias into its output and the GELU is another pass:
+    at the tower's 144x144 stage-0 grid these passes over the 4x-wide hidden activations were
+    half of the tower's time (``docs/performance.md``). Same bits as the unfused ops (tested)."""
+    return (
+        _LINEAR_POINTWISE is not None
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.is_grad_enabled()
+        and not torch.jit.is_tracing()
+        and not torch.onnx.is_in_onnx_export()
+    )
+
+
+_LINEAR_POINTWISE = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
+
+
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int):
         super().__init__()
@@ -82,6 +100,9 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _fused_cpu_linear(x):
+            hidden = _LINEAR_POINTWISE(x, self.fc1.weight, self.fc1.bias, "gelu", [], "none")
+            return _LINEAR_POINTWISE(hidden, self.fc2.weight, self.fc2.bias, "none", [], "")
         return self.fc2(nn.functional.gelu(self.fc1(x)))
 
 
@@ -135,6 +156,23 @@ class ConvNeXtTower(nn.Module):
     def out_dim(self) -> int:
         return self.spec.dims[-1]
 
+    def encode_frames(self, frames: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+        """uint8 (N, S, S, 3) frames -> (N, (S/32)^2, C_last), the pixel normalisation
+        ``(x / 255 - mean) / std`` folded into the stem convolution.
+
+        The stem is a ``patch x patch`` convolution of stride ``patch`` with no padding, so
+        every output sees whole input patches and the fold is exact in real arithmetic
+        (float32 rounding differs from normalising first by ~1e-6 relative): the frames go
+        into the stem as float32 values 0..255, and no pass over the frames normalises them.
+        The fold is recomputed per call (the stem has 48 weights per output channel) so an
+        exported graph derives it from the stem's own weights (ONNX Runtime and TensorRT fold
+        those constant ops at load). The stem runs in float32 for every model dtype (3 input
+        channels: cheap); its output is cast to the model dtype."""
+        weight, bias = fold_pixel_normalisation(self.stem_conv, mean, std)
+        x = frames.to(torch.float32).permute(0, 3, 1, 2)  # NHWC memory: a channels-last view
+        x = F.conv2d(x, weight, bias, stride=self.spec.patch_size).to(self.stem_conv.weight.dtype)
+        return self._stages(self.stem_norm(x.contiguous(memory_format=torch.channels_last)))
+
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) pixels, any memory format -> (N, (S/32)^2, C_last).
 
@@ -144,7 +182,19 @@ class ConvNeXtTower(nn.Module):
         uint8 NHWC frames normalised in place (what the runtime passes) is already
         channels-last; other inputs are converted once here."""
         x = pixels.contiguous(memory_format=torch.channels_last)
-        x = self.stem_norm(self.stem_conv(x))
+        return self._stages(self.stem_norm(self.stem_conv(x)))
+
+    def _stages(self, x: torch.Tensor) -> torch.Tensor:
         for stage in self.stages:
             x = stage(x)
         return x.flatten(2).transpose(1, 2)
+
+
+def fold_pixel_normalisation(stem: nn.Conv2d, mean: Sequence[float], std: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 (weight, bias) of ``stem`` applied to raw 0..255 pixels: for input channel c,
+    ``w * (x / 255 - m) / s = (w / (255 s)) * x - w * m / s``; the constant terms go to the bias."""
+    weight = stem.weight.to(torch.float32)
+    m = torch.tensor(mean, dtype=torch.float32, device=weight.device)[None, :, None, None]
+    s = torch.tensor(std, dtype=torch.float32, device=weight.device)[None, :, None, None]
+    bias = stem.bias.to(torch.float32) if stem.bias is not None else torch.zeros(weight.shape[0], device=weight.device)
+    return weight / (255.0 * s), bias - (weight * m / s).sum(dim=(1, 2, 3))
