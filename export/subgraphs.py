@@ -78,7 +78,7 @@ from slowfast_trt.models.slowfast.visual_tokens import pool_fast, project_frames
 
 class VisionGraph(ExportGraph):
     """uint8 (N, S, S, 3) -> (N, g*g, C): ``normalize`` of preprocess.py folded into the tower's
-    stem convolution (``ConvNeXtTower.encode_frames``): Cast -> Transpose -> Conv, and no
+    stem convolution (``ConvNeXtTower.forward`` with ``normalise``): Cast -> Transpose -> Conv, and no
     per-channel Sub/Div pass over the frames (those were 15% of ONNX Runtime's vision time).
     Cast first: TensorRT has no Transpose on UINT8 (trt_lint)."""
 
@@ -88,7 +88,7 @@ class VisionGraph(ExportGraph):
         self.dtype = dtype
 
     def compute(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.vision.encode_frames(frames, CLIP_MEAN, CLIP_STD)
+        return self.vision(frames, normalise=(CLIP_MEAN, CLIP_STD))
 
 
 class ProjectorGraph(ExportGraph):

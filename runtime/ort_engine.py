@@ -35,6 +35,7 @@ from slowfast_trt.runtime.engine import (
     resolve_output_shape,
     torch_dtype,
 )
+from slowfast_trt.runtime.ort_shared_weights import SharedWeights
 
 __all__ = ["OrtEngine", "cuda_provider_available", "ort_providers"]
 
@@ -77,18 +78,17 @@ def _infos(args) -> tuple[TensorInfo, ...]:
 class OrtEngine(Engine):
     """One ONNX graph in an ``InferenceSession``, run with IO binding on ``device``.
 
-    ``map_weights`` (CPU): no weight prepacking, so ONNX Runtime memory-maps the external data
-    file and reads the weights from the page cache instead of keeping a packed copy of its own.
-    Sessions over the same data file (``decoder`` and ``decoder_nocross``) then share one
-    physical copy (measured at 7B widths, 2 layers, 3.85 GB of decoder data: 8.1 GB resident
-    after loading both with prepacking, 0.4 GB mapped, 5.4 GB proportional set size after a
-    16-frame answer); one-row decode steps take the GEMV path either way (562 against 533
-    ms/token, within the noise of that run). The mapped pages are counted in the RSS of each
-    mapping (RSS ~9.3 GB there); the proportional set size (PSS) counts them once.
+    ``shared`` (CPU): the external initializers come from a :class:`SharedWeights` mapping
+    (``runtime/ort_shared_weights.py``) instead of ONNX Runtime's own file read, with weight
+    prepacking off, so sessions over the same data file (``decoder`` and ``decoder_nocross``)
+    hold one resident copy between them (7B widths, 2 layers, 4.04 GB of decoder data: RSS
+    3.94 GB with both sessions after a decode step of each, against 8.1 GB prepacked and
+    ~9.3 GB with each session mapping the file itself). One-row decode steps take the GEMV
+    path either way.
     """
 
     def __init__(self, name: str, path: str | Path, device: torch.device | str = "cpu", threads: int | None = None,
-                 map_weights: bool = False):
+                 shared: SharedWeights | None = None):
         import onnxruntime as ort
 
         self.name = name
@@ -101,8 +101,13 @@ class OrtEngine(Engine):
         if threads is not None:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
-        if map_weights:
+        self._shared = shared  # its values back the session's initializers: kept as long as the session
+        if shared is not None:
             options.add_session_config_entry("session.disable_prepacking", "1")
+            try:
+                shared.add_to(options, path)
+            except (OSError, ValueError) as exc:
+                raise EngineError(f"{name}: cannot map the weights of {path} ({exc})") from None
         # CUDA: a stream of our own, so that ONNX Runtime's work is ordered with torch's by events.
         self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         stream = self._stream.cuda_stream if self._stream is not None else None
@@ -165,10 +170,11 @@ class OrtEngine(Engine):
     def close(self) -> None:
         self._binding = None
         self._session = None
+        self._shared = None
 
 
 # Graphs whose weights live in one data file (decoder_nocross's initializers point into
-# decoder.onnx.data): on CPU they are opened with the file mapped, not loaded (see OrtEngine).
+# decoder.onnx.data): on CPU their sessions share one mapping of it (see OrtEngine).
 SHARED_WEIGHT_GROUPS = (("decoder", "decoder_nocross"),)
 
 
@@ -176,14 +182,16 @@ def load_ort_engines(directory: Path, files: Mapping[str, str], device: torch.de
                      names: Sequence[str]) -> dict[str, OrtEngine]:
     """Open the ``names`` subgraphs listed in ``files`` (subgraph -> relative ONNX path).
 
-    On CPU the graphs of a ``SHARED_WEIGHT_GROUPS`` group are opened with ``map_weights``, so
+    On CPU the graphs of a ``SHARED_WEIGHT_GROUPS`` group get one :class:`SharedWeights`, so
     ``decoder`` and ``decoder_nocross`` hold one copy of the decoder weights between them."""
-    mapped = set()
+    shared: dict[str, SharedWeights] = {}
     if torch.device(device).type == "cpu":
-        mapped = {name for group in SHARED_WEIGHT_GROUPS for name in group}
+        for group in SHARED_WEIGHT_GROUPS:
+            weights = SharedWeights()
+            shared.update((name, weights) for name in group)
     engines = {}
     for name in names:
         if name not in files:
             raise EngineError(f"{directory}: the manifest lists no {name} graph")
-        engines[name] = OrtEngine(name, directory / files[name], device, threads, map_weights=name in mapped)
+        engines[name] = OrtEngine(name, directory / files[name], device, threads, shared=shared.get(name))
     return engines

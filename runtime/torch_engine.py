@@ -19,7 +19,7 @@ attending row it is bit-exact to the exported ``decoder_nocross``). ``projector`
 the reference's numbers, bit for bit); the pooling matrices the graphs take as data only say
 which branch (image or video) and the output shape here.
 The vision engine feeds the uint8 frames to the tower with the pixel normalisation folded into
-the stem convolution (``ConvNeXtTower.encode_frames``, as the exported vision graph): no pass over
+the stem convolution (``ConvNeXtTower`` with ``normalise``, as the exported vision graph): no pass over
 the frames normalises them; features match the reference's normalise-then-convolve to ~1e-6.
 """
 
@@ -80,7 +80,7 @@ def _stage_functions(model: SlowFastModel) -> dict:
     hybrid = len(model.decoder.hybrid_layer_ids)
 
     def vision(frames):
-        return {"features": model.vision.encode_frames(frames.to(dev), CLIP_MEAN, CLIP_STD)}
+        return {"features": model.vision(frames.to(dev), normalise=(CLIP_MEAN, CLIP_STD))}
 
     def projector(features, grid_pool):
         projected = model.projector(features)

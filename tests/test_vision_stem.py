@@ -1,6 +1,6 @@
 """The vision tower's fast paths equal the reference's normalise-then-convolve tower.
 
-* ``ConvNeXtTower.encode_frames``: uint8 frames with the pixel normalisation folded into the
+* ``ConvNeXtTower(frames, normalise=...)``: uint8 frames with the pixel normalisation folded into the
   stem convolution (torch backend and the exported vision graph);
 * the fused CPU MLP (oneDNN linear with bias and GELU in one pass) against ``F.linear`` + GELU;
 * the streamed export (weights given as stubs while tracing, bytes written afterwards): the
@@ -33,7 +33,7 @@ def test_folded_stem_equals_normalising_first(reference):
     tower, frames = reference.model.vision, _frames()
     with torch.inference_mode():
         want = tower(torch.from_numpy(normalize(frames)))
-        got = tower.encode_frames(torch.from_numpy(frames), CLIP_MEAN, CLIP_STD)
+        got = tower(torch.from_numpy(frames), normalise=(CLIP_MEAN, CLIP_STD))
     _close(got, want)
 
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from slowfast_trt.models.qwen2.config import TextConfig
-from slowfast_trt.models.qwen2.layers import RMSNorm, Qwen2Layer, rope_cos_sin
+from slowfast_trt.models.qwen2.layers import RMSNorm, Qwen2Layer, graph_attention_bias, rope_cos_sin
 
 __all__ = ["Qwen2Decoder"]
 
@@ -51,9 +51,10 @@ class Qwen2Decoder(nn.Module):
     ):
         cos, sin = rope_cos_sin(position_ids, self.text.head_dim, self.text.rope_theta, inputs_embeds.dtype)
         x = inputs_embeds
+        bias = graph_attention_bias(x, past_keys[0], past_length) if torch.onnx.is_in_onnx_export() else None
         new_keys, new_values = [], []
         for i, layer in enumerate(self.layers):
-            x, k, v = layer(x, cos, sin, past_keys[i], past_values[i], past_length)
+            x, k, v = layer(x, cos, sin, past_keys[i], past_values[i], past_length, bias)
             new_keys.append(k)
             new_values.append(v)
         x = self.norm(x if all_logits else x[:, -1])

@@ -156,33 +156,31 @@ class ConvNeXtTower(nn.Module):
     def out_dim(self) -> int:
         return self.spec.dims[-1]
 
-    def encode_frames(self, frames: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-        """uint8 (N, S, S, 3) frames -> (N, (S/32)^2, C_last), the pixel normalisation
+    def forward(self, pixels: torch.Tensor, normalise: tuple[Sequence[float], Sequence[float]] | None = None) -> torch.Tensor:
+        """(N, 3, S, S) normalised pixels, any memory format -> (N, (S/32)^2, C_last); or, with
+        ``normalise=(mean, std)``, uint8 (N, S, S, 3) frames, the pixel normalisation
         ``(x / 255 - mean) / std`` folded into the stem convolution.
-
-        The stem is a ``patch x patch`` convolution of stride ``patch`` with no padding, so
-        every output sees whole input patches and the fold is exact in real arithmetic
-        (float32 rounding differs from normalising first by ~1e-6 relative): the frames go
-        into the stem as float32 values 0..255, and no pass over the frames normalises them.
-        The fold is recomputed per call (the stem has 48 weights per output channel) so an
-        exported graph derives it from the stem's own weights (ONNX Runtime and TensorRT fold
-        those constant ops at load). The stem runs in float32 for every model dtype (3 input
-        channels: cheap); its output is cast to the model dtype."""
-        weight, bias = fold_pixel_normalisation(self.stem_conv, mean, std)
-        x = frames.to(torch.float32).permute(0, 3, 1, 2)  # NHWC memory: a channels-last view
-        x = F.conv2d(x, weight, bias, stride=self.spec.patch_size).to(self.stem_conv.weight.dtype)
-        return self._stages(self.stem_norm(x.contiguous(memory_format=torch.channels_last)))
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(N, 3, S, S) pixels, any memory format -> (N, (S/32)^2, C_last).
 
         The tower runs channels-last (NHWC in memory, as timm's and oneDNN's fast path): the
         convolutions take and give NHWC, and the LayerNorms and MLPs read the same memory
-        as contiguous rows, so no block copies its activations to change layout. A view of
-        uint8 NHWC frames normalised in place (what the runtime passes) is already
-        channels-last; other inputs are converted once here."""
-        x = pixels.contiguous(memory_format=torch.channels_last)
-        return self._stages(self.stem_norm(self.stem_conv(x)))
+        as contiguous rows, so no block copies its activations to change layout.
+
+        Folded stem: the stem is a ``patch x patch`` convolution of stride ``patch`` with no
+        padding, so every output sees whole input patches and the fold is exact in real
+        arithmetic (float32 rounding differs from normalising first by ~1e-6 relative): the
+        frames go in as float32 values 0..255, and no pass over the frames normalises them.
+        The fold is recomputed per call (48 weights per output channel) so that an exported
+        graph derives it from the stem's own weights (ONNX Runtime and TensorRT fold those
+        constant ops at load). That stem runs in float32 for every model dtype (3 input
+        channels: cheap); its output is cast to the model dtype."""
+        if normalise is None:
+            x = self.stem_conv(pixels.contiguous(memory_format=torch.channels_last))
+        else:
+            weight, bias = fold_pixel_normalisation(self.stem_conv, *normalise)
+            x = pixels.to(torch.float32).permute(0, 3, 1, 2)  # NHWC memory: a channels-last view
+            x = F.conv2d(x, weight, bias, stride=self.spec.patch_size).to(self.stem_conv.weight.dtype)
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self._stages(self.stem_norm(x))
 
     def _stages(self, x: torch.Tensor) -> torch.Tensor:
         for stage in self.stages:

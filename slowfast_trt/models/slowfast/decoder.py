@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from slowfast_trt.models.qwen2.layers import RMSNorm, Qwen2Layer, rope_cos_sin
+from slowfast_trt.models.qwen2.layers import RMSNorm, Qwen2Layer, graph_attention_bias, rope_cos_sin
 from slowfast_trt.models.slowfast.config import CrossAttnConfig, TextConfig
 from slowfast_trt.ops.cross_attention.custom_op import cross_attention
 
@@ -87,14 +87,14 @@ class DecoderLayer(Qwen2Layer):
         assert self.cross is not None
         return self.cross.project_slow(self.input_layernorm(slow_tokens))
 
-    def forward(self, x, cos, sin, past_key, past_value, slow=None, past_length=None):
+    def forward(self, x, cos, sin, past_key, past_value, slow=None, past_length=None, graph_bias=None):
         if self.cross is None or slow is None:
-            return self.block(x, cos, sin, past_key, past_value, past_length)
+            return self.block(x, cos, sin, past_key, past_value, past_length, graph_bias=graph_bias)
 
         def mix(attn, q):
             return self._add_cross_attention(attn, q, *slow)
 
-        return self.block(x, cos, sin, past_key, past_value, past_length, mix)
+        return self.block(x, cos, sin, past_key, past_value, past_length, mix, graph_bias)
 
     def _add_cross_attention(self, attn, q, slow_key, slow_value, slow_lengths, cross_rows, cross_row_offsets):
         bsz, length, width = attn.shape
@@ -148,6 +148,7 @@ class HybridDecoder(nn.Module):
         cos, sin = rope_cos_sin(position_ids, self.text.head_dim, self.text.rope_theta, inputs_embeds.dtype)
         attend = cross_rows is not None and slow_keys is not None and cross_rows.numel() > 0
         x = inputs_embeds
+        bias = graph_attention_bias(x, past_keys[0], past_length) if torch.onnx.is_in_onnx_export() else None
         new_keys, new_values = [], []
         hybrid_index = {layer_id: j for j, layer_id in enumerate(self.hybrid_layer_ids)}
         for i, layer in enumerate(self.layers):
@@ -155,7 +156,7 @@ class HybridDecoder(nn.Module):
             if attend and layer.is_hybrid:
                 j = hybrid_index[i]
                 slow = (slow_keys[j], slow_values[j], slow_lengths, cross_rows, cross_row_offsets)
-            x, k, v = layer(x, cos, sin, past_keys[i], past_values[i], slow, past_length)
+            x, k, v = layer(x, cos, sin, past_keys[i], past_values[i], slow, past_length, bias)
             new_keys.append(k)
             new_values.append(v)
         x = self.norm(x if all_logits else x[:, -1])
