@@ -25,6 +25,7 @@ def load_checkpoint(source, backend: str, device, dtype: str, max_seq_len: int |
     from slowfast_trt.models.slowfast.checkpoint import load_model, resolve_checkpoint
     from slowfast_trt.models.slowfast.config import SlowFastConfig
     from slowfast_trt.runtime.torch_engine import torch_engines
+    from slowfast_trt.host_allocator import keep_freed_memory
     from slowfast_trt.tokenizer import load_tokenizer
 
     if backend not in ("auto", "torch"):
@@ -34,6 +35,8 @@ def load_checkpoint(source, backend: str, device, dtype: str, max_seq_len: int |
         )
     directory = resolve_checkpoint(source)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cpu":
+        keep_freed_memory()  # eager intermediates reused, not faulted in per call (host_allocator.py)
     # config.json first: transformers reads it too while loading the tokenizer, and would blame
     # the tokenizer for a config that is a list, not JSON, or has a mistyped value.
     SlowFastConfig.from_file(directory / "config.json")
