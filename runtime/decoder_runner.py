@@ -13,6 +13,7 @@ import torch
 
 from slowfast_trt.runtime.decode_graph import StaticStepCache, resolve_decode_steps
 from slowfast_trt.runtime.device_sampling import DecodeHead, DeviceSampler, DeviceSteps
+from slowfast_trt.models.slowfast.sequence import attend_to_rows
 from slowfast_trt.runtime.kv_cache import KVCache, slow_kv_names
 
 
@@ -34,6 +35,7 @@ class DecoderRunner:
         self._engine = model.engines["decoder"]
         self._nocross = model.engines.get("decoder_nocross")
         self.decode_steps = resolve_decode_steps(decode_steps, model.backend, torch.device(dev), self._engine)
+        self.prefill_chunk = default_prefill_chunk(model.backend, torch.device(dev))
         self._static = StaticStepCache(capture=self.decode_steps == "cuda-graph")
         logits_info = {i.name: i for i in self._engine.outputs}.get("logits")
         vocab = logits_info.shape[-1] if logits_info and isinstance(logits_info.shape[-1], int) else model.embed_table.shape[0]
@@ -92,6 +94,27 @@ class DecoderRunner:
         kv.commit(rows)
         return self._logits[0]
 
+    def prefill(self, kv: KVCache, video, embeds, positions, attend: torch.Tensor) -> torch.Tensor:
+        """Run a prompt's ``L`` rows (``attend``: (L,) bool, the rows that cross-attend) at the
+        end of ``kv`` in chunks of ``prefill_chunk`` rows (None: one call); returns the last
+        row's (vocab,) logits.
+
+        Each chunk attends to the rows the earlier chunks wrote into the cache, so every row sees
+        the same keys as in one call (fp32: same tokens; tested), but a chunk's scores span only
+        the rows up to its end: n chunks compute ~(n+1)/2n of the L x (L) scores and masks, and
+        hold one chunk's activations instead of the whole prompt's. ONNX Runtime on the CPU
+        materialises those scores (the mask Add, Softmax and both products were 85% of its
+        prefill), so it takes chunks there; fused attention (torch SDPA, TensorRT) skips the
+        masked half by itself and gains nothing from smaller calls."""
+        total = int(embeds.shape[1])
+        chunk = self.prefill_chunk or total
+        logits = None
+        for start in range(0, total, chunk):
+            end = min(total, start + chunk)
+            rows, offsets = attend_to_rows(attend[start:end])
+            logits = self.step(kv, video, embeds[:, start:end], positions[:, start:end], rows, offsets)
+        return logits
+
     def decode_step(self, kv: KVCache, video, token: int, position: int, attend: bool):
         """One generated token at ``position``: embeddings and indices go into preallocated buffers."""
         self._token.fill_(token)
@@ -145,6 +168,16 @@ class DecoderRunner:
         """Drop static steps (and their CUDA graphs) bound to a released cache or video, so
         their memory can go."""
         self._static.drop_released()
+
+
+# Rows per prefill call on ONNX Runtime (CPU); chosen by measurement (docs/performance.md).
+ORT_CPU_PREFILL_CHUNK = 512
+
+
+def default_prefill_chunk(backend: str, device: torch.device) -> int | None:
+    """Rows per prefill call: chunks where attention is materialised (ONNX Runtime on the CPU),
+    one call elsewhere (see :meth:`DecoderRunner.prefill`)."""
+    return ORT_CPU_PREFILL_CHUNK if backend == "onnxruntime" and device.type == "cpu" else None
 
 
 def _same_device(a: torch.device, b: torch.device) -> bool:

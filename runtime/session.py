@@ -40,7 +40,6 @@ from slowfast_trt.generation import DecodeOutcome, GenerationResult, apply_stop_
 from slowfast_trt.sampling import SamplingParams, sampling_params
 from slowfast_trt.models.slowfast.sequence import (
     SequenceLayout,
-    attend_to_rows,
     decode_rows_attend,
     prefill_attend_mask,
 )
@@ -294,10 +293,9 @@ class VideoSession:
         timings = self._video_timings()
         embeds = self._model.embed_rows(prompt, layout, self._video, keep)
         attend = prefill_attend_mask(layout, self._model.config.cross_attn, self._video is not None)[keep:]
-        cross_rows, offsets = attend_to_rows(attend)
         positions = torch.arange(keep, layout.length, dtype=torch.int64, device=self._model.device)[None]
         start = time.perf_counter()
-        logits = self._runner.step(self._kv, self._video, embeds, positions, cross_rows, offsets)
+        logits = self._runner.prefill(self._kv, self._video, embeds, positions, attend)
         self._runner.synchronize()
         timings["prefill_ms"] = _ms(start)
         self._rows = rows
