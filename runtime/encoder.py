@@ -168,21 +168,31 @@ class RuntimeModel:
     def vision(self, pixels: torch.Tensor) -> torch.Tensor:
         """The vision tower over all frames, or over chunks of ``vision_batch`` frames written
         into one features tensor (frames are independent; chunks bound the activations)."""
-        engine, batch, total = self.engines["vision"], self.vision_batch, int(pixels.shape[0])
-        if not batch or batch >= total:
-            return engine.run({"frames": pixels})["features"]
-        first = engine.run({"frames": pixels[:batch]})["features"]
-        features = torch.empty((total, *first.shape[1:]), dtype=first.dtype, device=first.device)
-        features[:batch].copy_(first)
-        for start in range(batch, total, batch):
-            chunk = pixels[start:start + batch]
-            engine.run({"frames": chunk}, outputs={"features": features[start:start + len(chunk)]})
-        return features
+        return self._by_frames("vision", "frames", pixels, {}, "features")
 
     def project(self, features: torch.Tensor, grid_pool: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """Features (N, g*g, C) -> frame tokens (N, n', hidden), into ``out`` when given."""
-        outputs = {"frame_tokens": out} if out is not None else None
-        return self.engines["projector"].run({"features": features, "grid_pool": grid_pool}, outputs)["frame_tokens"]
+        """Features (N, g*g, C) -> frame tokens (N, n', hidden), into ``out`` when given; in
+        ``vision_batch`` chunks too (7B widths, 64 frames in one call: ~300 MB per activation)."""
+        return self._by_frames("projector", "features", features, {"grid_pool": grid_pool}, "frame_tokens", out)
+
+    def _by_frames(self, name: str, frames_input: str, frames: torch.Tensor, fixed: dict, output: str,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
+        """Run engine ``name`` over ``frames`` (first axis: frames, each independent of the
+        others) in chunks of ``vision_batch``, every chunk written into one output tensor."""
+        engine, batch, total = self.engines[name], self.vision_batch, int(frames.shape[0])
+        if not batch or batch >= total:
+            outputs = {output: out} if out is not None else None
+            return engine.run({frames_input: frames, **fixed}, outputs)[output]
+        start = 0
+        if out is None:
+            first = engine.run({frames_input: frames[:batch], **fixed})[output]
+            out = torch.empty((total, *first.shape[1:]), dtype=first.dtype, device=first.device)
+            out[:batch].copy_(first)
+            start = batch
+        for start in range(start, total, batch):
+            chunk = frames[start:start + batch]
+            engine.run({frames_input: chunk, **fixed}, outputs={output: out[start:start + len(chunk)]})
+        return out
 
     def fast_tokens(self, frame_tokens: torch.Tensor) -> torch.Tensor:
         """Frame tokens (T, n', hidden) -> fast tokens (F*n'', hidden) with the pooling of T."""
