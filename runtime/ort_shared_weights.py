@@ -22,6 +22,10 @@ import numpy as np
 
 __all__ = ["SharedWeights"]
 
+# ONNX element types of less than a byte (INT4, UINT4, FLOAT4E2M1): TensorProto numbers, stable
+# across onnx versions.
+_SUB_BYTE = {22, 21, 23}
+
 
 class SharedWeights:
     """External initializers of graphs in one export folder, each region mapped once."""
@@ -31,7 +35,8 @@ class SharedWeights:
         self._values: dict[tuple[Path, int, int], object] = {}  # (file, offset, length) -> OrtValue
 
     def add_to(self, options, graph: Path) -> int:
-        """Give ``options`` every external initializer of ``graph``; returns how many."""
+        """Give ``options`` every external initializer of ``graph`` that has a numpy view (not the
+        packed 4-bit ones); returns how many."""
         import onnx
         from onnx import external_data_helper, helper
         import onnxruntime as ort
@@ -44,8 +49,10 @@ class SharedWeights:
             info = external_data_helper.ExternalDataInfo(tensor)
             path = (graph.parent / info.location).resolve()
             dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
-            length = info.length if info.length is not None else int(np.prod(tensor.dims, dtype=np.int64)) * dtype.itemsize
-            key = (path, int(info.offset or 0), int(length))
+            length = int(np.prod(tensor.dims, dtype=np.int64)) * dtype.itemsize
+            if tensor.data_type in _SUB_BYTE or (info.length is not None and int(info.length) != length):
+                continue  # packed 4-bit types have no numpy view: ONNX Runtime reads those itself
+            key = (path, int(info.offset or 0), length)
             value = self._values.get(key)
             if value is None:
                 region = self._map(path)[key[1]: key[1] + key[2]]
