@@ -8,25 +8,18 @@ reaching generation (three values in four are drawn valid), in well under a minu
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 
 pytest.importorskip("hypothesis", reason="the fuzz tests need hypothesis (pip install -e \".[test]\")")
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from slowfast_trt.runtime.slowfast_runtime import SlowFastRuntime
+from fuzz_helpers import bounded as _bounded, fuzz_settings, mostly as _mostly  # noqa: E402
+from slowfast_trt.runtime.slowfast_runtime import SlowFastRuntime  # noqa: E402
 
-CALL_TIMEOUT_S = 120
-FUZZ = settings(max_examples=25, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-
-def _mostly(valid, invalid):
-    """``valid`` three times in four: the fuzz should reach generation, not only the checks."""
-    return st.sampled_from((True, True, True, False)).flatmap(lambda ok: valid if ok else invalid)
+FUZZ = fuzz_settings(25)
 
 
 BAD_NUMBERS = st.one_of(st.sampled_from([0, -1, 10**9, 2**70, -(2**70), "1", "", None, True, [1]]),
@@ -73,23 +66,6 @@ def _videos(paths):
     )
     odd = st.sampled_from([np.zeros((2, 8, 8), np.uint8), np.zeros((8, 8, 3), np.uint8), 42, {"a": 1}, b"bytes", ["x"]])
     return _mostly(good, st.one_of(st.sampled_from(paths[1:]), arrays, odd))
-
-
-def _bounded(call):
-    """Run ``call`` in a thread: (returned, raised); a call still running after the timeout fails."""
-    box = {}
-
-    def target():
-        try:
-            box["value"] = call()
-        except BaseException as exc:  # judged by the caller
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(CALL_TIMEOUT_S)
-    assert not thread.is_alive(), "the call hung"
-    return box.get("value"), box.get("error")
 
 
 def _documented(error) -> None:

@@ -11,25 +11,18 @@ from __future__ import annotations
 
 import io
 import sys
-import threading
 
 import pytest
 
 pytest.importorskip("hypothesis", reason="the fuzz tests need hypothesis (pip install -e \".[test]\")")
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from slowfast_trt.cli import run as run_cli
+from fuzz_helpers import bounded, fuzz_settings, mostly as _mostly  # noqa: E402
+from slowfast_trt.cli import run as run_cli  # noqa: E402
 
-CALL_TIMEOUT_S = 120
-FUZZ = settings(max_examples=40, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-
-
-def _mostly(valid, invalid):
-    """``valid`` three times in four: the fuzz should reach generation, not only the checks."""
-    return st.sampled_from((True, True, True, False)).flatmap(lambda ok: valid if ok else invalid)
+FUZZ = fuzz_settings(40)
 
 
 NUMBER_TEXT = st.sampled_from(["nan", "inf", "-inf", "-1", "0", "1e400", "abc", "", "1e-300", "99999999999999999999"])
@@ -87,27 +80,21 @@ def command_lines(draw, inputs):
 
 def _run(argv, stdin_text: str):
     """(status, stdout, stderr) of main(argv) in a thread with stdio captured; fails on a hang."""
-    box = {}
     out, err = io.StringIO(), io.StringIO()
 
-    def target():
+    def call():
         saved = sys.stdin, sys.stdout, sys.stderr
         sys.stdin, sys.stdout, sys.stderr = io.StringIO(stdin_text), out, err
         try:
-            box["code"] = run_cli.main(argv)
+            return run_cli.main(argv)
         except SystemExit as exc:  # argparse's usage errors
-            box["code"] = exc.code
-        except BaseException as exc:  # a traceback: the test fails below
-            box["error"] = exc
+            return exc.code
         finally:
             sys.stdin, sys.stdout, sys.stderr = saved
 
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(CALL_TIMEOUT_S)
-    assert not thread.is_alive(), f"hung: {argv}"
-    assert "error" not in box, f"{argv}: {type(box.get('error')).__name__}: {box.get('error')}"
-    return box["code"], out.getvalue(), err.getvalue()
+    code, error = bounded(call, str(argv))  # any other exception is a traceback: fails below
+    assert error is None, f"{argv}: {type(error).__name__}: {error}"
+    return code, out.getvalue(), err.getvalue()
 
 
 def test_fuzz_run_command_lines(inputs):
