@@ -70,7 +70,3 @@ class SharedWeights:
                 raise ValueError(f"weight file {path} not found")
             self._files[path] = np.memmap(path, dtype=np.uint8, mode="r")
         return self._files[path]
-
-    @property
-    def mapped_bytes(self) -> int:
-        return sum(int(m.size) for m in self._files.values())

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 
 __all__ = ["keep_freed_memory"]
@@ -25,22 +26,16 @@ __all__ = ["keep_freed_memory"]
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's <malloc.h>
 MMAP_THRESHOLD = 32 << 20
 TRIM_THRESHOLD = 128 << 20
-_APPLIED: list[bool] = []
 
 
+@functools.cache
 def keep_freed_memory() -> bool:
     """Apply the thresholds once per process; True if glibc took them."""
-    if _APPLIED:
-        return _APPLIED[0]
-    applied = False
-    if os.environ.get("SLOWFAST_TRT_MALLOC", "").lower() != "system":
-        try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            mallopt = libc.mallopt
-        except (OSError, AttributeError):  # not glibc (musl, macOS)
-            mallopt = None
-        if mallopt is not None:
-            mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-            applied = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
-    _APPLIED.append(applied)
-    return applied
+    if os.environ.get("SLOWFAST_TRT_MALLOC", "").lower() == "system":
+        return False
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc (musl, macOS)
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
