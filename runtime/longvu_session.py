@@ -178,10 +178,9 @@ class LongVUSession:
         self._kv.rollback(keep)
         device = self._model.device
         positions = torch.arange(keep, length, dtype=torch.int64, device=device)[None]
-        none = torch.zeros(0, dtype=torch.int64, device=device)
-        offsets = torch.zeros(2, dtype=torch.int32, device=device)
+        no_row_attends = torch.zeros(length - keep, dtype=torch.bool)  # a plain decoder: no cross-attention
         start = time.perf_counter()
-        logits = self._runner.step(self._kv, None, embeds[keep:][None], positions, none, offsets)
+        logits = self._runner.prefill(self._kv, None, embeds[keep:][None], positions, no_row_attends)
         self._runner.synchronize()
         timings["prefill_ms"] = _ms(start)
         self._rows[:length].copy_(embeds)
